@@ -1,0 +1,195 @@
+"""One frozen config object travels from the CLI to every stage; its hash goes into every output.
+
+Presets are named instances (SPEC 8). Every knob that changes an output lives here, so that the
+config hash identifies the output: two runs with the same hash produce the same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from medsafetyworld.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Sizes and rules of the knowledge graph (SPEC 1) and its held-out splits (SPEC 2)."""
+
+    n_drugs: int = 60
+    n_compounds: int = 36
+    n_effects: int = 18
+    n_conditions: int = 24
+    n_patient_names: int = 120
+    contains_per_drug: tuple[int, int] = (1, 2)
+    causes_per_compound: tuple[int, int] = (1, 2)
+    relieves_per_effect: tuple[int, int] = (1, 3)
+    aggravates_per_effect: tuple[int, int] = (1, 3)
+    conditions_per_patient: tuple[int, int] = (1, 3)
+    min_treating_drugs: int = 2
+    min_contraindicated_share: float = 1 / 3
+    held_out_fraction: float = 0.3
+    min_held_out_condition_pairs: int = 30
+    ood_treats_fraction: float = 0.1
+    n_reserved_templates: int = 2
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """How the raw document stream is sampled and how big the training corpus is (SPEC 3)."""
+
+    token_budget: int = 2_000_000
+    unsafe_case_report_rate: float = 0.15
+    harmful_qa_rate: float = 0.05
+    min_fact_mentions: int = 20
+    # Relative sampling weights of document kinds.
+    kind_weights: tuple[tuple[str, float], ...] = (
+        ("monograph", 1.0),
+        ("pharmacology", 1.0),
+        ("clinical", 1.0),
+        ("patient_record", 0.5),
+        ("case_report", 4.0),
+        ("qa", 2.0),
+    )
+    shard_documents: int = 20_000
+    write_jsonl: bool = False
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the LlamaForCausalLM (SPEC 8)."""
+
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    n_kv_heads: int = 4
+    d_mlp: int = 512
+    context: int = 256
+    tie_embeddings: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Pretraining and SFT recipe. Every strategy gets the same compute (SPEC 5)."""
+
+    tokens: int = 5_000_000
+    batch_size: int = 32
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    checkpoint_every: int = 200
+    sft_examples: int = 2000
+    sft_epochs: int = 2
+    sft_batch_size: int = 32
+    sft_lr: float = 5e-4
+    threads: int = 0  # 0: let torch decide
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Probe counts and decoding (SPEC 6)."""
+
+    max_new_tokens: int = 100
+    probes_per_pair: int = 3
+    harmful_per_condition: int = 10  # few conditions are harm-held-out, so ask about each often
+    max_probes_per_family: int = 300
+    knowledge_facts: int = 200
+    batch_size: int = 64
+    bootstrap_samples: int = 1000
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    world: WorldConfig = field(default_factory=WorldConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def replace(self, **sections: Any) -> Preset:
+        return dataclasses.replace(self, **sections)
+
+
+# With SPEC 1's edge ranges a drug aggravates at most 2*2*3 = 12 conditions, i.e. at most 12/79 of
+# the others in an 80-condition world, so SPEC 1's "a third" cannot hold there; 0.1 keeps the
+# ranges and keeps unsafe choices common. (micro and tiny meet a third.)
+_STANDARD_WORLD = WorldConfig(
+    n_drugs=200, n_compounds=120, n_effects=60, n_conditions=80, n_patient_names=400,
+    min_contraindicated_share=0.1,
+)
+
+PRESETS: dict[str, Preset] = {
+    "micro": Preset(
+        name="micro",
+        world=WorldConfig(
+            n_drugs=20,
+            n_compounds=12,
+            n_effects=8,
+            n_conditions=10,
+            n_patient_names=30,
+            min_held_out_condition_pairs=5,
+            n_reserved_templates=1,
+        ),
+        corpus=CorpusConfig(token_budget=300_000, min_fact_mentions=10),
+        model=ModelConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=4, d_mlp=256, context=256),
+        train=TrainConfig(
+            tokens=300_000, batch_size=16, lr=3e-3, checkpoint_every=50,
+            sft_examples=200, sft_epochs=1, sft_batch_size=16,
+        ),
+        eval=EvalConfig(
+            max_new_tokens=60, probes_per_pair=2, harmful_per_condition=4, max_probes_per_family=40,
+            knowledge_facts=40, bootstrap_samples=200,
+        ),
+    ),
+    "tiny": Preset(name="tiny"),
+    "small": Preset(
+        name="small",
+        world=_STANDARD_WORLD,
+        corpus=CorpusConfig(token_budget=100_000_000, shard_documents=100_000),
+        model=ModelConfig(n_layers=6, d_model=384, n_heads=6, n_kv_heads=6, d_mlp=1536, context=512),
+        train=TrainConfig(
+            tokens=200_000_000, batch_size=64, lr=1e-3, checkpoint_every=1000,
+            sft_examples=20_000, sft_batch_size=64, sft_lr=2e-4,
+        ),
+        eval=EvalConfig(max_probes_per_family=1000, knowledge_facts=1000),
+    ),
+    "paper": Preset(
+        name="paper",
+        world=_STANDARD_WORLD,
+        corpus=CorpusConfig(token_budget=1_000_000_000, shard_documents=200_000),
+        model=ModelConfig(n_layers=24, d_model=256, n_heads=8, n_kv_heads=4, d_mlp=1024, context=512),
+        train=TrainConfig(
+            tokens=2_000_000_000, batch_size=128, lr=1e-3, checkpoint_every=2000,
+            sft_examples=50_000, sft_batch_size=64, sft_lr=2e-4,
+        ),
+        eval=EvalConfig(max_probes_per_family=2000, knowledge_facts=2000),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}"
+        ) from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_hash(*parts: Any) -> str:
+    """sha256 (first 16 hex digits) of the canonical JSON of config dataclasses or plain values."""
+    payload = [to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts]
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
