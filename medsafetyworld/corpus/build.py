@@ -1,0 +1,57 @@
+"""Render the training corpus of one strategy: raw stream -> strategy -> token budget -> shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medsafetyworld import BENCHMARK_VERSION
+from medsafetyworld.config import Preset, config_hash, to_dict
+from medsafetyworld.corpus.shards import write_corpus
+from medsafetyworld.corpus.stream import raw_documents
+from medsafetyworld.strategies import Strategy
+from medsafetyworld.world.graph import World
+from medsafetyworld.world.splits import Splits
+
+
+def corpus_config_hash(preset: Preset, strategy: Strategy, seed: int, world_hash: str) -> str:
+    return config_hash(preset.world, preset.corpus, strategy.name, strategy.params(), seed, world_hash)
+
+
+def build_corpus(
+    world: World,
+    splits: Splits,
+    tokenizer: Any,
+    strategy: Strategy,
+    preset: Preset,
+    seed: int,
+    out_dir: Path,
+    *,
+    world_hash: str,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Every strategy gets the same token budget: filtering samples more raw documents, never fewer tokens."""
+    raw = raw_documents(world, splits, preset.world, preset.corpus, seed)
+    docs = strategy(raw, np.random.default_rng([seed, 0x57A7]))
+    extra = {
+        "benchmark_version": BENCHMARK_VERSION,
+        "strategy": strategy.name,
+        "strategy_params": strategy.params(),
+        "seed": seed,
+        "preset": preset.name,
+        "world_hash": world_hash,
+        "config": {"world": to_dict(preset.world), "corpus": to_dict(preset.corpus)},
+        "config_hash": corpus_config_hash(preset, strategy, seed, world_hash),
+        "min_fact_mentions": preset.corpus.min_fact_mentions,
+    }
+    return write_corpus(
+        docs, tokenizer, out_dir,
+        token_budget=preset.corpus.token_budget,
+        shard_documents=preset.corpus.shard_documents,
+        manifest_extra=extra,
+        atomic_facts=world.atomic_facts(),
+        write_jsonl=preset.corpus.write_jsonl,
+        progress=progress,
+    )

@@ -1,0 +1,177 @@
+"""Parquet shards and the manifest that names them (SPEC 3).
+
+A corpus folder holds `shard-00000.parquet ...` (columns id, kind, text, segments, meta,
+input_ids, n_tokens), optionally the same rows as JSONL, and `manifest.json` (config, counts,
+token totals, sha256 of every shard). It is written into a temporary sibling folder and renamed
+into place at the end, so an interrupted run never leaves a corpus that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from medsafetyworld.corpus.document import UNSAFE, Document
+from medsafetyworld.errors import DataError
+
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("kind", pa.string()),
+        ("text", pa.string()),
+        (
+            "segments",
+            pa.list_(
+                pa.struct([("start", pa.int32()), ("end", pa.int32()), ("label", pa.string()), ("category", pa.string())])
+            ),
+        ),
+        ("meta", pa.string()),
+        ("input_ids", pa.list_(pa.int32())),
+        ("n_tokens", pa.int32()),
+    ]
+)
+TOKENIZE_BATCH = 512
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fact_key(fact: Iterable[str]) -> str:
+    return "|".join(fact)
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.per_kind: dict[str, Counter] = defaultdict(Counter)
+        self.facts: Counter = Counter()
+
+    def add(self, doc: Document, n_tokens: int) -> None:
+        c = self.per_kind[doc.kind]
+        c["documents"] += 1
+        c["tokens"] += n_tokens
+        unsafe = sum(s.label == UNSAFE for s in doc.segments)
+        c["unsafe_segments"] += unsafe
+        c["unsafe_documents"] += unsafe > 0
+        for token in ("<potentially unsafe content>", "<rf>", "<think> Unsafe", "<think> Safe"):
+            c[f"count:{token}"] += doc.text.count(token)
+        self.facts.update(fact_key(f) for f in doc.meta.get("facts", []))
+
+
+def write_corpus(
+    docs: Iterable[Document],
+    tokenizer: Any,
+    out_dir: Path,
+    *,
+    token_budget: int,
+    shard_documents: int,
+    manifest_extra: dict[str, Any],
+    atomic_facts: list[tuple[str, str, str]],
+    write_jsonl: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Tokenize and write documents until `token_budget` tokens (eos included) are reached."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    stats, shards, total_tokens, total_docs = _Stats(), [], 0, 0
+    rows: list[dict] = []
+    bar = tqdm(total=token_budget, unit="tok", unit_scale=True, desc="corpus", disable=not progress)
+    docs = iter(docs)
+    try:
+        while total_tokens < token_budget:
+            batch = list(islice(docs, TOKENIZE_BATCH))
+            if not batch:
+                break
+            ids = tokenizer([d.text for d in batch], add_special_tokens=False)["input_ids"]
+            for doc, doc_ids in zip(batch, ids):
+                n = len(doc_ids) + 1  # the eos the trainer appends
+                rows.append({**doc.to_row(), "input_ids": doc_ids, "n_tokens": n})
+                stats.add(doc, n)
+                total_tokens += n
+                total_docs += 1
+                bar.update(n)
+                if len(rows) >= shard_documents:
+                    shards.append(_write_shard(rows, tmp, len(shards), write_jsonl))
+                    rows = []
+                if total_tokens >= token_budget:
+                    break
+        if rows:
+            shards.append(_write_shard(rows, tmp, len(shards), write_jsonl))
+        coverage = [stats.facts[fact_key(f)] for f in atomic_facts]
+        manifest = {
+            **manifest_extra,
+            "documents": total_docs,
+            "tokens": total_tokens,
+            "token_budget": token_budget,
+            "per_kind": {k: dict(sorted(v.items())) for k, v in sorted(stats.per_kind.items())},
+            "fact_coverage": {"facts": len(coverage), "min_mentions": min(coverage, default=0),
+                              "facts_below_min": sum(c < manifest_extra.get("min_fact_mentions", 0) for c in coverage)},
+            "shards": shards,
+            "corpus_hash": hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest(),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        bar.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _write_shard(rows: list[dict], folder: Path, index: int, write_jsonl: bool) -> dict[str, Any]:
+    name = f"shard-{index:05d}.parquet"
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    pq.write_table(table, folder / name, compression="zstd")
+    entry = {"file": name, "documents": len(rows), "tokens": int(sum(r["n_tokens"] for r in rows)),
+             "sha256": sha256_file(folder / name)}
+    if write_jsonl:
+        with open(folder / name.replace(".parquet", ".jsonl"), "w") as f:
+            for r in rows:
+                f.write(json.dumps({k: v for k, v in r.items() if k != "input_ids"}) + "\n")
+    return entry
+
+
+def load_manifest(corpus_dir: Path) -> dict[str, Any]:
+    path = Path(corpus_dir) / "manifest.json"
+    if not path.is_file():
+        raise DataError(f"no corpus at {corpus_dir} (manifest.json missing); run `msw corpus --out {corpus_dir}` first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"corrupt manifest {path}: {exc}") from None
+
+
+def verify_corpus(corpus_dir: Path) -> dict[str, Any]:
+    """The manifest, after checking every shard's sha256 against it."""
+    manifest = load_manifest(corpus_dir)
+    for shard in manifest["shards"]:
+        path = Path(corpus_dir) / shard["file"]
+        if not path.is_file() or sha256_file(path) != shard["sha256"]:
+            raise DataError(f"shard {path} is missing or does not match its manifest hash; rebuild the corpus")
+    return manifest
+
+
+def iter_documents(corpus_dir: Path) -> Iterator[Document]:
+    manifest = load_manifest(corpus_dir)
+    for shard in manifest["shards"]:
+        table = pq.read_table(Path(corpus_dir) / shard["file"], columns=["id", "kind", "text", "segments", "meta"])
+        for row in table.to_pylist():
+            yield Document.from_row(row)

@@ -1,0 +1,120 @@
+"""A word-level tokenizer over the closed vocabulary of a rendered corpus.
+
+The world's names are single words (SPEC 1), so a word-level vocabulary makes every drug, compound,
+effect and condition one token, and a probe's answer is one next-token choice.
+
+How text becomes pieces:
+- a word (letters, digits, `_`, `-`, `'`) takes the single space before it: " kelvar-syndrome";
+- a punctuation or other symbol is its own piece, also with the space before it: " .", "(";
+- "\\n" and any other whitespace character left over is a piece on its own;
+- the special tokens are matched before all that, so they are atomic whatever surrounds them.
+Pieces then go through the byte-level alphabet (space -> "Ġ", newline -> "Ċ") and the byte-level
+decoder maps them back, so `decode(encode(text)) == text` exactly when every piece is in the
+vocabulary. There is no normalizer.
+
+No BOS is added: `encode(text)` returns the text's pieces and nothing else (add_special_tokens has
+nothing to add). Documents are separated by `<|endoftext|>` in the pretraining stream, which also
+serves as eos, bos and pad.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from medsafetyworld.errors import DataError
+
+EOS = "<|endoftext|>"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+UNSAFE_TAG = "<potentially unsafe content>"
+RED_FLAG = "<rf>"
+UNK = "<unk>"
+SPECIAL_TOKENS = (EOS, THINK_OPEN, THINK_CLOSE, UNSAFE_TAG, RED_FLAG)
+
+# One alternative per kind of piece; together they cover every character, so no text is dropped.
+PIECE_PATTERN = r" ?[\w'-]+| ?[^\w\s'-]|\s"
+_SPECIAL_RE = re.compile("|".join(re.escape(s) for s in SPECIAL_TOKENS))
+
+
+def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PIECE_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+
+
+def _pieces(text: str) -> list[str]:
+    """The byte-level pieces of text outside special tokens."""
+    pre = _pre_tokenizer()
+    return [p for part in _SPECIAL_RE.split(text) for p, _ in pre.pre_tokenize_str(part)]
+
+
+def build_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
+    """A tokenizer whose vocabulary is every piece of `texts`.
+
+    Ids: the special tokens 0..4 in SPECIAL_TOKENS order, `<unk>` 5, then the pieces sorted, so the
+    ids depend on the set of pieces only, never on the order or repetition of the texts.
+    """
+    pieces: set[str] = set()
+    for text in texts:
+        pieces.update(_pieces(text))
+    vocab = {tok: i for i, tok in enumerate((*SPECIAL_TOKENS, UNK))}
+    for piece in sorted(pieces - vocab.keys()):
+        vocab[piece] = len(vocab)
+
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    backend.pre_tokenizer = _pre_tokenizer()
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([*SPECIAL_TOKENS, UNK])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=EOS,
+        bos_token=EOS,
+        pad_token=EOS,
+        unk_token=UNK,
+        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
+        add_bos_token=False,
+        add_eos_token=False,
+        clean_up_tokenization_spaces=False,
+        model_max_length=1_000_000,
+    )
+
+
+def save_tokenizer(tok: PreTrainedTokenizerFast, out_dir: str | os.PathLike) -> Path:
+    """Write the tokenizer folder atomically: into a sibling temp dir, then rename into place."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tok.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
+    """Load a saved tokenizer folder, offline."""
+    folder = Path(path)
+    if not (folder / "tokenizer.json").is_file():
+        raise DataError(
+            f"no tokenizer at {folder} (expected {folder / 'tokenizer.json'}); "
+            "build the corpus first, or point at a model or corpus folder that has one"
+        )
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def count_unknown(tok: PreTrainedTokenizerFast, text: str) -> int:
+    """How many pieces of text are out of the vocabulary."""
+    return tok.encode(text, add_special_tokens=False).count(tok.unk_token_id)
