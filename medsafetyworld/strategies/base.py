@@ -1,0 +1,36 @@
+"""The strategy step: takes a stream of documents, yields a stream of documents (datatrove style)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import ClassVar
+
+import numpy as np
+
+from medsafetyworld.corpus.document import Document
+
+
+class Strategy:
+    """An intervention. Subclasses set `name` and override `apply` (one document in, zero or more
+    out). Strategies are pure functions of (documents, labels, rng, params): the rng is the only
+    source of randomness.
+
+    `apply` is also used on the SFT set, so a strategy that changes the format of text (reflections,
+    tags, flags) gives its model the same format in post-training (SPEC 5).
+    """
+
+    name: ClassVar[str] = ""
+
+    def apply(self, doc: Document, rng: np.random.Generator) -> Iterable[Document]:
+        raise NotImplementedError
+
+    def __call__(self, docs: Iterable[Document], rng: np.random.Generator) -> Iterator[Document]:
+        for doc in docs:
+            yield from self.apply(doc, rng)
+
+    def params(self) -> dict:
+        """Parameters that change the output; they go into the corpus config hash."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params()})"
