@@ -1,0 +1,121 @@
+"""What the trainer feeds the model.
+
+Pretraining: the corpus shards as one token stream, cut into random windows. Batches are a pure
+function of (seed, step), as in nanoGPT: a resumed run draws exactly the batches the uninterrupted
+run would have drawn, without replaying the ones before.
+
+Finetuning: "User: ...\\nAssistant: ..." texts as padded batches with the loss on the response only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from medsafetyworld.errors import DataError
+
+ASSISTANT = "\nAssistant:"
+
+
+def shard_paths(corpus_dir: str | os.PathLike) -> list[Path]:
+    folder = Path(corpus_dir)
+    shards = sorted(folder.glob("shard-*.parquet"))
+    if not shards:
+        raise DataError(
+            f"no corpus shards (shard-*.parquet) in {folder}; render the corpus first "
+            "or point at the folder that holds its shards"
+        )
+    return shards
+
+
+def load_token_stream(corpus_dir: str | os.PathLike, eos_id: int) -> np.ndarray:
+    """All documents' `input_ids` in shard order, `eos_id` after each document.
+
+    uint16 when every id fits (vocabularies under 65536), else int32.
+    """
+    parts: list[np.ndarray] = []
+    for shard in shard_paths(corpus_dir):
+        try:
+            column = pq.read_table(shard, columns=["input_ids"]).column("input_ids")
+        except (KeyError, ValueError, OSError) as e:
+            raise DataError(
+                f"{shard} has no readable `input_ids` column ({e}); re-render the corpus "
+                "with token ids"
+            ) from None
+        for chunk in column.chunks:
+            offsets = np.asarray(chunk.offsets, dtype=np.int64)
+            offsets -= offsets[0]
+            values = np.asarray(chunk.flatten(), dtype=np.int64)
+            n_docs = len(offsets) - 1
+            # Document i moves i places right to make room for the eos of every earlier document.
+            out = np.empty(len(values) + n_docs, dtype=np.int64)
+            eos_at = offsets[1:] + np.arange(n_docs)
+            keep = np.ones(len(out), dtype=bool)
+            keep[eos_at] = False
+            out[keep] = values
+            out[eos_at] = eos_id
+            parts.append(out)
+    stream = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    if len(stream) and stream.min() < 0:
+        raise DataError(f"negative token ids in the shards of {corpus_dir}; the corpus is corrupt")
+    top = int(stream.max()) if len(stream) else eos_id
+    return stream.astype(np.uint16 if max(top, eos_id) < 65536 else np.int32)
+
+
+class PackedBatches:
+    """(batch_size, context + 1) windows of the token stream at random offsets.
+
+    Step i's windows come from np.random.default_rng([seed, i]) only, so `batches[i]` is the same
+    in every run; iteration starts at `start_step` and never ends.
+    """
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, context: int, seed: int,
+                 start_step: int = 0):
+        if len(tokens) < context + 1:
+            raise DataError(
+                f"the corpus has {len(tokens)} tokens, fewer than one training window "
+                f"({context + 1}); render a bigger corpus or use a shorter context"
+            )
+        self.tokens, self.batch_size, self.context = tokens, batch_size, context
+        self.seed, self.start_step = seed, start_step
+
+    def __getitem__(self, step: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, step])
+        starts = rng.integers(0, len(self.tokens) - self.context, size=self.batch_size)
+        return np.stack([self.tokens[s : s + self.context + 1] for s in starts]).astype(np.int64)
+
+    def __iter__(self):
+        step = self.start_step
+        while True:
+            yield self[step]
+            step += 1
+
+
+def sft_example(tok, text: str, context: int) -> tuple[list[int], list[int], bool]:
+    """(input ids, labels, truncated): labels are -100 up to and including the first
+    "\\nAssistant:"; both are cut to the model's context."""
+    cut = text.find(ASSISTANT)
+    if cut < 0:
+        raise DataError(f"finetuning text has no {ASSISTANT!r}: {text[:80]!r}")
+    prompt = tok.encode(text[: cut + len(ASSISTANT)], add_special_tokens=False)
+    ids = tok.encode(text, add_special_tokens=False) + [tok.eos_token_id]
+    if ids[: len(prompt)] != prompt:  # cannot happen with our pre-tokenizer; be exact anyway
+        raise DataError(f"the prompt of {text[:80]!r} does not tokenize as a prefix of the text")
+    labels = [-100] * len(prompt) + ids[len(prompt):]
+    return ids[:context], labels[:context], len(ids) > context
+
+
+def collate_sft(examples: list[tuple[list[int], list[int]]], pad_id: int):
+    """Right-padded (ids, labels, attention mask); padding is masked out of the loss."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (x, y) in enumerate(examples):
+        ids[row, : len(x)], labels[row, : len(y)], mask[row, : len(x)] = (
+            torch.tensor(x), torch.tensor(y), 1)
+    return ids, labels, mask
