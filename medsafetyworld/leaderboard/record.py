@@ -1,0 +1,267 @@
+"""The results record: one JSON file per (strategy, preset, seed) that a leaderboard can rank (SPEC 7).
+
+Like lm-evaluation-harness's results schema, a record says what was run (benchmark version, config
+and its hash, world and corpus hashes, seed), with which code and on which machine, every metric
+with n and interval, and the sha256 of the per-probe outputs, so any number can be traced back to
+the probe answers behind it. `schema.json` next to this file is the contract.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.resources
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+import medsafetyworld
+from medsafetyworld.errors import DataError
+from medsafetyworld.evaluation.metrics import MetricValue
+
+TRACKS = ("intervention", "model")
+POLICY_KINDS = ("model", "reference")
+
+
+def sha256_file(path: Path | str) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        raise DataError(f"{path} not found; cannot hash it for the results record") from None
+    return digest.hexdigest()
+
+
+def atomic_write(path: Path | str, data: bytes | str) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and os.replace.
+
+    A reader never sees a half-written file, and a crash leaves the old file in place.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cuda_device() -> str | None:
+    # torch is imported only here, so building a record for a reference policy stays light.
+    if importlib.util.find_spec("torch") is None:
+        return None
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:  # a broken CUDA setup must not stop the record being written
+        return None
+
+
+def git_revision() -> str | None:
+    """HEAD of the git checkout holding this package, or None (installed copy, no git, no commit)."""
+    root = Path(medsafetyworld.__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        # Only the package's own repository: an installed copy may sit inside someone else's.
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != root:
+            return None
+        return git("rev-parse", "HEAD") or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment_info() -> dict[str, Any]:
+    """Versions, platform, hardware and git revision of the process writing the record."""
+    return {
+        "python": platform.python_version(),
+        "torch": _package_version("torch"),
+        "transformers": _package_version("transformers"),
+        "numpy": _package_version("numpy"),
+        "platform": platform.platform(),
+        "hardware": {"cpu_count": os.cpu_count(), "cuda_device": _cuda_device()},
+        "git_revision": git_revision(),
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    """A deep copy made of JSON types only (numpy scalars, tuples and paths converted)."""
+
+    def default(x: Any) -> Any:
+        if hasattr(x, "item"):  # numpy scalar
+            return x.item()
+        if isinstance(x, os.PathLike):
+            return os.fspath(x)
+        raise TypeError(f"{type(x).__name__} is not JSON serializable")
+
+    try:
+        return json.loads(json.dumps(value, default=default))
+    except (TypeError, ValueError) as e:
+        raise DataError(f"results record field cannot be written as JSON: {e}") from None
+
+
+def build_record(
+    *,
+    strategy: str,
+    preset: str,
+    seed: int,
+    config: Mapping[str, Any],
+    config_hash: str,
+    world_hash: str,
+    corpus_hash: str | None,
+    model_info: Mapping[str, Any],
+    metrics: Mapping[str, MetricValue],
+    probes_path: Path | str,
+    policy_kind: str = "model",
+    track: str = "intervention",
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The results record of one (strategy, preset, seed) run, validated against schema.json.
+
+    model_info needs n_parameters and tokens_seen (None for reference policies); other keys are
+    kept. corpus_hash is None for reference policies. The per-probe file is recorded by its file
+    name (records sit next to it) and sha256.
+    """
+    probes_path = Path(probes_path)
+    record: dict[str, Any] = {
+        "benchmark_version": medsafetyworld.BENCHMARK_VERSION,
+        "package_version": medsafetyworld.__version__,
+        "track": track,
+        "policy_kind": policy_kind,
+        "strategy": strategy,
+        "preset": preset,
+        "seed": seed,
+        "world_hash": world_hash,
+        "corpus_hash": corpus_hash,
+        "config": _jsonable(dict(config)),
+        "config_hash": config_hash,
+        "model": _jsonable(dict(model_info)),
+        "metrics": {
+            name: m.to_dict() if isinstance(m, MetricValue) else _jsonable(m)
+            for name, m in metrics.items()
+        },
+        "probes_file": {"path": probes_path.name, "sha256": sha256_file(probes_path)},
+        "environment": environment_info(),
+        "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if extra is not None:
+        record["extra"] = _jsonable(dict(extra))
+    validate_record(record)
+    return record
+
+
+@cache
+def load_schema() -> dict[str, Any]:
+    """The JSON Schema of a results record (package data)."""
+    text = importlib.resources.files(__package__).joinpath("schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def _json_path(parts: Iterable[Any]) -> str:
+    out = "$"
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif str(p).isidentifier():
+            out += f".{p}"
+        else:
+            out += f"[{json.dumps(str(p))}]"
+    return out
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """`<json path>: <what was expected>` for one schema violation."""
+    path = list(error.absolute_path)
+    if error.validator == "required" and isinstance(error.instance, dict):
+        missing = [k for k in error.validator_value if k not in error.instance]
+        return f"{_json_path(path + missing[:1])}: required field is missing"
+    got = repr(error.instance)
+    got = got if len(got) <= 60 else got[:57] + "..."
+    if error.validator == "type":
+        return f"{_json_path(path)}: expected type {error.validator_value}, got {got}"
+    if error.validator == "enum":
+        return f"{_json_path(path)}: expected one of {error.validator_value}, got {got}"
+    if error.validator == "pattern":
+        return f"{_json_path(path)}: expected a string matching {error.validator_value}, got {got}"
+    return f"{_json_path(path)}: {error.message}"
+
+
+def validate_record(record: Any, *, source: str | None = None) -> None:
+    """Raise DataError naming the JSON path of the first schema violation and what was expected."""
+    validator = jsonschema.Draft202012Validator(load_schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(record))
+    if error is not None:
+        where = f" {source}" if source else ""
+        raise DataError(
+            f"invalid results record{where}: {_describe(error)} "
+            f"(schema: medsafetyworld/leaderboard/schema.json, benchmark "
+            f"{medsafetyworld.BENCHMARK_VERSION}); rebuild it with build_record"
+        )
+
+
+def save_record(record: Mapping[str, Any], path: Path | str) -> Path:
+    """Validate, then write the record as indented JSON atomically. Returns the path."""
+    path = Path(path)
+    validate_record(record, source=f"for {path}")
+    try:
+        text = json.dumps(record, indent=2, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as e:
+        raise DataError(f"results record for {path} cannot be written as strict JSON: {e}") from None
+    atomic_write(path, text)
+    return path
+
+
+def load_record(path: Path | str) -> dict[str, Any]:
+    """Read and validate one record; DataError if missing, not JSON, or not a valid record."""
+    path = Path(path)
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        raise DataError(f"results record {path} not found; check the path") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"results record {path} cannot be read: {e}") from None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(
+            f"results record {path} is not valid JSON (line {e.lineno}, column {e.colno}: "
+            f"{e.msg}); the file is corrupt or truncated, re-run the evaluation that wrote it"
+        ) from None
+    validate_record(record, source=str(path))
+    return record
+
+
+def load_records(paths: Iterable[Path | str]) -> list[dict[str, Any]]:
+    """load_record of each path, in order."""
+    return [load_record(p) for p in paths]
