@@ -1,0 +1,169 @@
+"""`msw`: the command line. Errors a user can cause print one line naming the fix, not a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from medsafetyworld.config import PRESETS, get_preset
+from medsafetyworld.errors import MSWError
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _preset_of_world(world_dir: Path, preset: str | None) -> str:
+    if preset:
+        return preset
+    marker = Path(world_dir) / "preset.json"
+    return json.loads(marker.read_text())["preset"] if marker.is_file() else "tiny"
+
+
+def cmd_world(args) -> None:
+    from medsafetyworld.pipeline import make_world
+    from medsafetyworld.world.io import load_world, world_summary
+
+    preset = get_preset(args.preset)
+    whash = make_world(preset, args.seed, args.out)
+    world, splits = load_world(args.out)
+    print(world_summary(world, splits))
+    print(f"world hash {whash[:16]}; written to {args.out}")
+
+
+def cmd_corpus(args) -> None:
+    from medsafetyworld.pipeline import make_corpus
+    from medsafetyworld.strategies import get_strategy
+
+    preset = get_preset(_preset_of_world(args.world, args.preset))
+    strategy = get_strategy(args.strategy)
+    corpus_hash = make_corpus(args.world, strategy, preset, args.seed, args.out, progress=not args.quiet)
+    from medsafetyworld.corpus.shards import load_manifest
+
+    m = load_manifest(args.out)
+    print(f"{m['documents']} documents, {m['tokens']} tokens in {len(m['shards'])} shard(s); "
+          f"corpus hash {corpus_hash[:16]}; written to {args.out}")
+
+
+def cmd_train(args) -> None:
+    from medsafetyworld.pipeline import make_model
+    from medsafetyworld.strategies import get_strategy
+
+    preset = get_preset(_preset_of_world(args.world, args.preset))
+    out = make_model(args.world, args.corpus, get_strategy(args.strategy), preset, args.seed, args.out,
+                     progress=not args.quiet)
+    print(f"model written to {out}")
+
+
+def cmd_evaluate(args) -> None:
+    from medsafetyworld.evaluation.policies import REFERENCE_POLICIES, ModelPolicy, reference_policy
+    from medsafetyworld.pipeline import evaluate_policy
+    from medsafetyworld.world.io import load_world
+
+    preset = get_preset(_preset_of_world(args.world, args.preset))
+    if args.model in REFERENCE_POLICIES:
+        policy, kind, name = reference_policy(args.model, load_world(args.world)[0]), "reference", f"ref:{args.model}"
+    else:
+        policy, kind, name = ModelPolicy(Path(args.model), preset.eval.batch_size, progress=not args.quiet), "model", args.model
+    fields = {"strategy": args.name or name, "seed": args.seed, "corpus_hash": None, "policy_kind": kind,
+              "model_info": {"n_parameters": None, "tokens_seen": None}}
+    record = evaluate_policy(policy, args.world, preset, Path(args.out), key=f"evaluate:{name}",
+                             record_fields=fields, probe_seed=args.seed)
+    for metric, value in record["metrics"].items():
+        print(f"{metric:32s} {value['value']}  (n={value['n']})")
+
+
+def cmd_run(args) -> None:
+    from medsafetyworld.pipeline import run
+
+    preset = get_preset(args.preset)
+    records = run(preset, args.strategies, args.seeds, Path(args.out), world_seed=args.world_seed,
+                  progress=not args.quiet)
+    print((Path(args.out) / "summary.md").read_text())
+    print(f"{len(records)} records; summary in {args.out}/summary.md, summary.csv, pareto.png")
+
+
+def cmd_strategies(args) -> None:
+    from medsafetyworld.strategies import available_strategies
+
+    print("\n".join(available_strategies()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="msw", description="MedSafetyWorld: does pretraining-time safety stop unsafe composition?")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every stage")
+    sub = p.add_subparsers(dest="command", required=True)
+    presets = ", ".join(PRESETS)
+
+    w = sub.add_parser("world", help="generate a world, its held-out splits and its tokenizer")
+    w.add_argument("--preset", default="tiny", help=f"one of {presets} (default tiny)")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--out", type=Path, required=True)
+    w.set_defaults(func=cmd_world)
+
+    c = sub.add_parser("corpus", help="render a strategy's training corpus as Parquet shards")
+    c.add_argument("--world", type=Path, required=True, help="a folder written by `msw world`")
+    c.add_argument("--strategy", default="raw")
+    c.add_argument("--preset", default=None, help="default: the world's preset")
+    c.add_argument("--seed", type=int, default=1)
+    c.add_argument("--out", type=Path, required=True)
+    c.set_defaults(func=cmd_corpus)
+
+    t = sub.add_parser("train", help="pretrain on a corpus, then post-train (SFT)")
+    t.add_argument("--world", type=Path, required=True)
+    t.add_argument("--corpus", type=Path, required=True)
+    t.add_argument("--strategy", default="raw", help="the corpus's strategy (sets the SFT format)")
+    t.add_argument("--preset", default=None)
+    t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--out", type=Path, required=True)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="score a Hugging Face model folder or a reference policy")
+    e.add_argument("model", help="a model folder, or one of oracle, reckless, refuser, random")
+    e.add_argument("--world", type=Path, required=True)
+    e.add_argument("--preset", default=None)
+    e.add_argument("--seed", type=int, default=0, help="probe seed (use the world seed to match `msw run`)")
+    e.add_argument("--name", default=None, help="name in the record (default: the model path)")
+    e.add_argument("--out", type=Path, required=True)
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("run", help="the whole benchmark: world, corpora, training, evaluation, summary")
+    r.add_argument("--preset", default="tiny", help=f"one of {presets} (default tiny)")
+    r.add_argument("--strategies", type=_names, default=["raw", "filter", "reflect"])
+    r.add_argument("--seeds", type=_seeds, default=[1])
+    r.add_argument("--world-seed", type=int, default=0)
+    r.add_argument("--out", type=Path, required=True)
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("strategies", help="list the registered strategies")
+    s.set_defaults(func=cmd_strategies)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        args.func(args)
+    except MSWError as exc:
+        print(f"msw: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("msw: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The stages of a benchmark run and the run itself (SPEC 5-7).
+
+Layout of a run folder:
+
+    OUT/world/                      world.json, splits.json, tokenizer/
+    OUT/corpus/<strategy>-s<seed>/  shards + manifest.json
+    OUT/models/<strategy>-s<seed>/  pretrain/ and sft/ (Hugging Face folders)
+    OUT/results/<name>/             probes.parquet + record.json (reference policies as ref-<name>)
+    OUT/summary.csv, summary.md, pareto.png
+
+A stage whose folder holds a `.stage.json` with the same config hash is skipped; anything else is
+(re)built. Pretraining resumes from its last checkpoint, so an interrupted run picks up where it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from medsafetyworld.config import Preset, config_hash, to_dict
+from medsafetyworld.corpus.build import build_corpus, corpus_config_hash
+from medsafetyworld.corpus.shards import load_manifest
+from medsafetyworld.corpus.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
+from medsafetyworld.corpus.vocabulary import vocabulary_texts
+from medsafetyworld.corpus import templates as T
+from medsafetyworld.errors import ConfigError
+from medsafetyworld.evaluation.evaluate import evaluate
+from medsafetyworld.evaluation.policies import REFERENCE_POLICIES, ModelPolicy, Policy, reference_policy
+from medsafetyworld.leaderboard.record import build_record, load_record, save_record
+from medsafetyworld.leaderboard.summary import write_summary
+from medsafetyworld.strategies import Strategy, get_strategy
+from medsafetyworld.training.sft_data import sft_texts
+from medsafetyworld.training.trainer import finetune, pretrain
+from medsafetyworld.world.generate import generate_world
+from medsafetyworld.world.io import load_world, save_world, world_hash
+from medsafetyworld.world.splits import make_splits
+
+log = logging.getLogger("medsafetyworld")
+STAGE_FILE = ".stage.json"
+
+
+def stage(folder: Path, key: str, build: Callable[[], Any], name: str) -> bool:
+    """Run `build` unless `folder` already holds the output for config hash `key`. True if built."""
+    marker = Path(folder) / STAGE_FILE
+    if marker.is_file() and json.loads(marker.read_text()).get("config_hash") == key:
+        log.info("%s: up to date (%s), skipped", name, folder)
+        return False
+    start = time.time()
+    build()
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_name(f".stage.json.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"config_hash": key, "stage": name, "seconds": round(time.time() - start, 1)}))
+    os.replace(tmp, marker)
+    log.info("%s: done in %.1fs", name, time.time() - start)
+    return True
+
+
+def stage_seconds(folder: Path) -> float | None:
+    marker = Path(folder) / STAGE_FILE
+    return json.loads(marker.read_text()).get("seconds") if marker.is_file() else None
+
+
+# --- stages ---------------------------------------------------------------------------------
+
+
+def make_world(preset: Preset, seed: int, out: Path) -> str:
+    """World, splits and the world's tokenizer into `out`; returns the world hash."""
+
+    def build():
+        world = generate_world(preset.world, seed)
+        splits = make_splits(world, preset.world, seed, len(T.REQUESTS))
+        save_world(world, splits, out)
+        save_tokenizer(build_tokenizer(vocabulary_texts(world)), Path(out) / "tokenizer")
+        (Path(out) / "preset.json").write_text(json.dumps({"preset": preset.name, "seed": seed}))
+
+    stage(out, config_hash(preset.world, seed, "world"), build, "world")
+    return world_hash(out)
+
+
+def make_corpus(world_dir: Path, strategy: Strategy, preset: Preset, seed: int, out: Path, progress: bool = True) -> str:
+    """The strategy's corpus; returns its corpus hash."""
+    whash = world_hash(world_dir)
+
+    def build():
+        world, splits = load_world(world_dir)
+        tokenizer = load_tokenizer(Path(world_dir) / "tokenizer")
+        build_corpus(world, splits, tokenizer, strategy, preset, seed, out, world_hash=whash, progress=progress)
+
+    stage(out, corpus_config_hash(preset, strategy, seed, whash), build, f"corpus {strategy.name}")
+    return load_manifest(out)["corpus_hash"]
+
+
+def make_model(
+    world_dir: Path, corpus_dir: Path, strategy: Strategy, preset: Preset, seed: int, out: Path, progress: bool = True
+) -> Path:
+    """Pretraining then SFT; returns the SFT model folder."""
+    corpus_hash = load_manifest(corpus_dir)["corpus_hash"]
+    pre_key = config_hash(preset.model, preset.train, corpus_hash, seed, "pretrain")
+    stage(out / "pretrain", pre_key,
+          lambda: pretrain(corpus_dir, Path(world_dir) / "tokenizer", out / "pretrain", preset.model, preset.train, seed,
+                           progress=progress),
+          f"pretrain {strategy.name} s{seed}")
+
+    def build_sft():
+        world, splits = load_world(world_dir)
+        texts = sft_texts(world, splits, preset, strategy, seed)
+        finetune(out / "pretrain", texts, out / "sft", preset.train, seed, progress=progress)
+
+    stage(out / "sft", config_hash(pre_key, preset.train, strategy.name, strategy.params(), "sft"), build_sft,
+          f"sft {strategy.name} s{seed}")
+    return out / "sft"
+
+
+def evaluate_policy(
+    policy: Policy, world_dir: Path, preset: Preset, out: Path, *, key: str, record_fields: dict[str, Any], probe_seed: int
+) -> dict[str, Any]:
+    """Evaluate and write `out/probes.parquet` and `out/record.json`; returns the record."""
+    whash = world_hash(world_dir)
+
+    def build():
+        world, splits = load_world(world_dir)
+        _, metrics = evaluate(policy, world, splits, preset.eval, probe_seed=probe_seed, out_path=out / "probes.parquet")
+        record = build_record(preset=preset.name, config=to_dict(preset), config_hash=key, world_hash=whash,
+                              metrics=metrics, probes_path=out / "probes.parquet", **record_fields)
+        save_record(record, out / "record.json")
+
+    stage(out, config_hash(key, preset.eval, whash, probe_seed, "eval"), build, f"evaluate {record_fields['strategy']}")
+    return load_record(out / "record.json")
+
+
+# --- the whole run --------------------------------------------------------------------------
+
+
+def run(
+    preset: Preset, strategies: list[str], seeds: list[int], out: Path, *, world_seed: int = 0, progress: bool = True
+) -> list[dict[str, Any]]:
+    """World, corpora, pretraining, SFT and evaluation for every (strategy, seed); writes the summary."""
+    if not strategies:
+        raise ConfigError("no strategies given; pass e.g. --strategies raw,filter,reflect")
+    if not seeds:
+        raise ConfigError("no seeds given; pass e.g. --seeds 1")
+    resolved = [get_strategy(s) for s in strategies]  # fail on a bad name before any work
+    out = Path(out)
+    world_dir = out / "world"
+    whash = make_world(preset, world_seed, world_dir)
+    records = []
+    for name in REFERENCE_POLICIES:
+        world, _ = load_world(world_dir)
+        fields = {"strategy": f"ref:{name}", "seed": world_seed, "corpus_hash": None, "policy_kind": "reference",
+                  "model_info": {"n_parameters": 0, "tokens_seen": 0}}
+        records.append(evaluate_policy(reference_policy(name, world, world_seed), world_dir, preset, out / "results" / f"ref-{name}",
+                                       key=config_hash(name, "reference"), record_fields=fields, probe_seed=world_seed))
+    for seed in seeds:
+        for strategy in resolved:
+            tag = f"{strategy.name}-s{seed}"
+            corpus_dir, model_root = out / "corpus" / tag, out / "models" / tag
+            corpus_hash = make_corpus(world_dir, strategy, preset, seed, corpus_dir, progress)
+            sft_dir = make_model(world_dir, corpus_dir, strategy, preset, seed, model_root, progress)
+            log_ = json.loads((model_root / "pretrain" / "train_log.json").read_text())
+            fields = {
+                "strategy": strategy.name, "seed": seed, "corpus_hash": corpus_hash, "policy_kind": "model",
+                "model_info": {"n_parameters": log_.get("n_parameters"), "tokens_seen": log_.get("tokens_seen"),
+                               "stage_seconds": {s: stage_seconds(p) for s, p in
+                                                 (("corpus", corpus_dir), ("pretrain", model_root / "pretrain"),
+                                                  ("sft", model_root / "sft"))}},
+                "extra": {"strategy_params": strategy.params()},
+            }
+            key = config_hash(preset.model, preset.train, corpus_hash, seed, strategy.name, whash)
+            policy = ModelPolicy(sft_dir, batch_size=preset.eval.batch_size, progress=progress)
+            records.append(evaluate_policy(policy, world_dir, preset, out / "results" / tag, key=key,
+                                           record_fields=fields, probe_seed=world_seed))
+    write_summary(records, out)
+    return records

@@ -1,0 +1,58 @@
+"""A user's mistakes give one clear line and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medsafetyworld.cli import main
+
+
+def fails(capsys, argv, *expected):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("msw: error:")
+    for text in expected:
+        assert text in err
+    return err
+
+
+def test_bad_preset_names_the_presets(capsys, tmp_path):
+    fails(capsys, ["world", "--preset", "huge", "--out", str(tmp_path)], "huge", "micro, tiny, small, paper")
+
+
+def test_bad_strategy_names_the_strategies(capsys, tmp_path):
+    fails(capsys, ["run", "--preset", "micro", "--strategies", "raw,filtr", "--out", str(tmp_path)], "filtr", "reflect")
+    assert not (tmp_path / "world").exists(), "a bad name must fail before any work"
+
+
+def test_missing_world_names_the_fix(capsys, tmp_path):
+    fails(capsys, ["corpus", "--world", str(tmp_path / "nowhere"), "--preset", "micro", "--out", str(tmp_path / "c")],
+          "nowhere", "msw world")
+
+
+def test_corrupt_world_is_reported(capsys, tmp_path, micro_world_dir):
+    bad = tmp_path / "w"
+    bad.mkdir()
+    (bad / "world.json").write_text("{not json")
+    (bad / "splits.json").write_text((micro_world_dir / "splits.json").read_text())
+    fails(capsys, ["corpus", "--world", str(bad), "--preset", "micro", "--out", str(tmp_path / "c")], "world.json")
+
+
+def test_bad_seeds_are_an_argument_error(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--seeds", "one", "--out", str(tmp_path)])
+    assert exc.value.code == 2 and "seeds must be" in capsys.readouterr().err
+
+
+def test_world_command_writes_node_link_json_and_prints_a_summary(capsys, tmp_path):
+    assert main(["world", "--preset", "micro", "--seed", "3", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "drug" in out and "held" in out
+    graph = json.loads((tmp_path / "world.json").read_text())
+    assert {n["kind"] for n in graph["nodes"]} == {"drug", "compound", "effect", "condition"}
+    assert {e["relation"] for e in graph["edges"]} == {"contains", "causes", "relieves", "aggravates"}
+    assert (tmp_path / "tokenizer" / "tokenizer.json").is_file()
+    assert set(json.loads((tmp_path / "splits.json").read_text())) >= {"held_out_pairs", "held_out_condition_pairs",
+                                                                        "ood_treats", "reserved_templates"}

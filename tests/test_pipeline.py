@@ -1,0 +1,53 @@
+"""`msw run` end to end on the micro preset: world, corpora, pretraining, SFT, evaluation, summary."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from medsafetyworld.cli import main
+from medsafetyworld.leaderboard.record import load_record, validate_record
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["-q", "run", "--preset", "micro", "--strategies", "raw,filter,reflect", "--seeds", "1",
+                 "--out", str(out)]) == 0
+    return out
+
+
+def test_run_writes_a_valid_record_per_strategy_and_reference(run_dir):
+    names = {p.parent.name for p in run_dir.glob("results/*/record.json")}
+    assert names == {"raw-s1", "filter-s1", "reflect-s1", "ref-oracle", "ref-reckless", "ref-refuser", "ref-random"}
+    for path in run_dir.glob("results/*/record.json"):
+        validate_record(load_record(path))
+
+
+def test_run_writes_the_summary_table_and_plot(run_dir):
+    df = pd.read_csv(run_dir / "summary.csv")
+    assert {"raw", "filter", "reflect", "ref:oracle"} <= set(df["strategy"])
+    assert "reflect" in (run_dir / "summary.md").read_text()
+    assert (run_dir / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_trained_model_loads_with_auto_classes(run_dir):
+    folder = run_dir / "models" / "reflect-s1" / "sft"
+    AutoModelForCausalLM.from_pretrained(folder)
+    assert AutoTokenizer.from_pretrained(folder).convert_tokens_to_ids("<think>") is not None
+
+
+def test_every_strategy_got_the_same_token_budget(run_dir):
+    tokens = {p.parent.name: json.loads(p.read_text())["tokens"] for p in run_dir.glob("corpus/*/manifest.json")}
+    budget = json.loads(next(run_dir.glob("corpus/*/manifest.json")).read_text())["token_budget"]
+    assert all(budget <= t < budget * 1.01 for t in tokens.values()), tokens
+
+
+def test_rerun_skips_finished_stages(run_dir):
+    markers = {p: p.stat().st_mtime_ns for p in run_dir.rglob(".stage.json")}
+    assert main(["-q", "run", "--preset", "micro", "--strategies", "raw,filter,reflect", "--seeds", "1",
+                 "--out", str(run_dir)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob(".stage.json")} == markers
