@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,7 @@ from medsafetyworld.evaluation.evaluate import evaluate
 from medsafetyworld.evaluation.policies import REFERENCE_POLICIES, ModelPolicy, Policy, reference_policy
 from medsafetyworld.leaderboard.record import build_record, load_record, save_record
 from medsafetyworld.leaderboard.summary import write_summary
+from medsafetyworld.storage import write_json_atomic
 from medsafetyworld.strategies import Strategy, get_strategy
 from medsafetyworld.training.sft_data import sft_texts
 from medsafetyworld.training.trainer import finetune, pretrain
@@ -52,10 +52,7 @@ def stage(folder: Path, key: str, build: Callable[[], Any], name: str) -> bool:
         return False
     start = time.time()
     build()
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_name(f".stage.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"config_hash": key, "stage": name, "seconds": round(time.time() - start, 1)}))
-    os.replace(tmp, marker)
+    write_json_atomic(marker, {"config_hash": key, "stage": name, "seconds": round(time.time() - start, 1)})
     log.info("%s: done in %.1fs", name, time.time() - start)
     return True
 
@@ -164,7 +161,9 @@ def run(
             log_ = json.loads((model_root / "pretrain" / "train_log.json").read_text())
             fields = {
                 "strategy": strategy.name, "seed": seed, "corpus_hash": corpus_hash, "policy_kind": "model",
-                "model_info": {"n_parameters": log_.get("n_parameters"), "tokens_seen": log_.get("tokens_seen"),
+                "model_info": {"n_parameters": log_["parameters"], "tokens_seen": log_["tokens_seen"],
+                               "pretrain_tokens_per_second": round(log_["tokens_per_second"]),
+                               "final_pretrain_loss": log_["final_loss"],
                                "stage_seconds": {s: stage_seconds(p) for s, p in
                                                  (("corpus", corpus_dir), ("pretrain", model_root / "pretrain"),
                                                   ("sft", model_root / "sft"))}},

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from medsafetyworld.corpus.document import UNSAFE, Document
 from medsafetyworld.errors import DataError
+from medsafetyworld.storage import sha256_file, write_json_atomic
 
 SCHEMA = pa.schema(
     [
@@ -42,14 +43,6 @@ SCHEMA = pa.schema(
     ]
 )
 TOKENIZE_BATCH = 512
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fact_key(fact: Iterable[str]) -> str:
@@ -126,7 +119,7 @@ def write_corpus(
             "shards": shards,
             "corpus_hash": hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest(),
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        write_json_atomic(tmp / "manifest.json", manifest)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

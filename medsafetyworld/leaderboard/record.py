@@ -8,7 +8,6 @@ the probe answers behind it. `schema.json` next to this file is the contract.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.resources
 import importlib.util
@@ -16,7 +15,6 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from functools import cache
@@ -26,43 +24,12 @@ from typing import Any
 import jsonschema
 
 import medsafetyworld
+from medsafetyworld.storage import sha256_file, write_atomic as atomic_write  # noqa: F401 (re-exported)
 from medsafetyworld.errors import DataError
 from medsafetyworld.evaluation.metrics import MetricValue
 
 TRACKS = ("intervention", "model")
 POLICY_KINDS = ("model", "reference")
-
-
-def sha256_file(path: Path | str) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    except FileNotFoundError:
-        raise DataError(f"{path} not found; cannot hash it for the results record") from None
-    return digest.hexdigest()
-
-
-def atomic_write(path: Path | str, data: bytes | str) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and os.replace.
-
-    A reader never sees a half-written file, and a crash leaves the old file in place.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _package_version(name: str) -> str | None:

@@ -37,6 +37,7 @@ from transformers.utils import logging as hf_logging
 from medsafetyworld.config import ModelConfig, TrainConfig, config_hash, to_dict
 from medsafetyworld.corpus.tokenizer import load_tokenizer
 from medsafetyworld.errors import DataError
+from medsafetyworld.storage import write_json_atomic
 from medsafetyworld.training.data import (
     PackedBatches,
     collate_sft,
@@ -104,12 +105,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def _completed(out: Path, run_hash: str) -> dict | None:
     """The log of a finished run in `out` with this hash. Another run's output is rebuilt (as the
     pipeline's stages are): its log goes first, so the folder no longer counts as complete."""
@@ -135,7 +130,7 @@ def _save_model_folder(model, tok, out: Path, log: dict) -> None:
             os.replace(f, out / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _write_json(out / LOG_FILE, log)
+    write_json_atomic(out / LOG_FILE, log)
 
 
 # ----------------------------------------------------------------------------- pretraining
@@ -157,7 +152,7 @@ def _save_checkpoint(out: Path, model, optimizer, state: dict) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT}-", dir=out))
     model.save_pretrained(tmp)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    _write_json(tmp / "trainer_state.json", state)
+    write_json_atomic(tmp / "trainer_state.json", state)
     if ckpt.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(ckpt, old)

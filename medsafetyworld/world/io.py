@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
 
+from medsafetyworld.storage import write_atomic
 from medsafetyworld.errors import DataError
 from medsafetyworld.world.graph import COMPOUND, CONDITION, DRUG, EFFECT, KINDS, RELATIONS, World
 from medsafetyworld.world.splits import Splits, probe_condition_pairs
@@ -36,22 +36,9 @@ def save_world(world: World, splits: Splits, out_dir: str | os.PathLike) -> Path
     """Write out_dir/world.json and out_dir/splits.json; returns out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / WORLD_FILE, world_bytes(world))
-    _write_atomic(out / SPLITS_FILE, splits_bytes(splits))
+    write_atomic(out / WORLD_FILE, world_bytes(world))
+    write_atomic(out / SPLITS_FILE, splits_bytes(splits))
     return out
-
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_world(directory: str | os.PathLike) -> tuple[World, Splits]:
