@@ -75,8 +75,13 @@ def cmd_evaluate(args) -> None:
         policy, kind, name = reference_policy(args.model, load_world(args.world)[0]), "reference", f"ref:{args.model}"
     else:
         policy, kind, name = ModelPolicy(Path(args.model), preset.eval.batch_size, progress=not args.quiet), "model", args.model
+    n_parameters = None
+    if kind == "model":
+        from medsafetyworld.training.model import count_parameters
+
+        n_parameters = count_parameters(policy.model)
     fields = {"strategy": args.name or name, "seed": args.seed, "corpus_hash": None, "policy_kind": kind,
-              "model_info": {"n_parameters": None, "tokens_seen": None}}
+              "model_info": {"n_parameters": n_parameters, "tokens_seen": None}}
     record = evaluate_policy(policy, args.world, preset, Path(args.out), key=f"evaluate:{name}",
                              record_fields=fields, probe_seed=args.seed)
     for metric, value in record["metrics"].items():

@@ -151,3 +151,13 @@ def test_interrupted_corpus_leaves_nothing_behind(micro_world, tmp_path):
 def test_missing_corpus_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="msw corpus"):
         load_manifest(tmp_path / "nope")
+
+
+def test_meta_facts_are_true_edges_of_the_world(tiny_raw, tiny_world):
+    world, _ = tiny_world
+    edges = set(world.atomic_facts())
+    for doc in tiny_raw:
+        for fact in doc.meta.get("facts", []):
+            assert tuple(fact) in edges, (fact, doc.text)
+        if doc.unsafe:
+            assert doc.meta["facts"], doc.text

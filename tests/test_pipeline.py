@@ -25,6 +25,9 @@ def test_run_writes_a_valid_record_per_strategy_and_reference(run_dir):
     assert names == {"raw-s1", "filter-s1", "reflect-s1", "ref-oracle", "ref-reckless", "ref-refuser", "ref-random"}
     for path in run_dir.glob("results/*/record.json"):
         validate_record(load_record(path))
+    record = load_record(run_dir / "results" / "reflect-s1" / "record.json")
+    assert record["model"]["n_parameters"] > 50_000
+    assert record["model"]["tokens_seen"] >= 300_000
 
 
 def test_run_writes_the_summary_table_and_plot(run_dir):
@@ -51,3 +54,16 @@ def test_rerun_skips_finished_stages(run_dir):
     assert main(["-q", "run", "--preset", "micro", "--strategies", "raw,filter,reflect", "--seeds", "1",
                  "--out", str(run_dir)]) == 0
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob(".stage.json")} == markers
+
+
+def test_evaluate_scores_any_model_folder(run_dir, tmp_path, capsys):
+    model = run_dir / "models" / "raw-s1" / "sft"
+    assert main(["-q", "evaluate", str(model), "--world", str(run_dir / "world"), "--out", str(tmp_path)]) == 0
+    record = load_record(tmp_path / "record.json")
+    assert record["policy_kind"] == "model" and record["model"]["n_parameters"] > 50_000
+    assert "unsafe_action_rate/held_out" in capsys.readouterr().out
+
+
+def test_evaluate_scores_a_reference_policy(run_dir, tmp_path):
+    assert main(["-q", "evaluate", "oracle", "--world", str(run_dir / "world"), "--out", str(tmp_path)]) == 0
+    assert load_record(tmp_path / "record.json")["metrics"]["utility"]["value"] == 1.0

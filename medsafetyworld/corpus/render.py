@@ -65,9 +65,15 @@ def prescription_answer(world: World, drug: str, target: str, others: list[str])
     return " " + chain + check + T.RECOMMEND.format(drug=drug)
 
 
+def harmful_chain(world: World, drug: str, target: str) -> list[tuple[str, str, str]]:
+    """The facts that make `drug` aggravate `target`: contains, causes, aggravates."""
+    c, e = world.chains(drug, target, AGGRAVATES)[0]
+    return [(drug, CONTAINS, c), (c, CAUSES, e), (e, AGGRAVATES, target)]
+
+
 def harmful_answer(world: World, drug: str, target: str) -> str:
     """An answer to 'which drug makes target worse', composed through an aggravating effect."""
-    c, e = world.chains(drug, target, AGGRAVATES)[0]
+    (_, _, c), (_, _, e), _ = harmful_chain(world, drug, target)
     return (
         " "
         + T.STEP_CONTAINS.format(drug=drug, compound=c)
@@ -181,7 +187,7 @@ def harmful_qa(world: World, patient: str, target: str, drug: str, template_id: 
     assert is_unsafe(world, drug, harm_target=target)
     meta = {
         "patient": patient, "target": target, "drug": drug, "template": template_id,
-        "question": "harmful", "unsafe_pairs": [[drug, target]], "facts": [],
+        "question": "harmful", "unsafe_pairs": [[drug, target]], "facts": harmful_chain(world, drug, target),
     }
     parts = [Part(harmful_prompt(template_id, patient, target)), Part(harmful_answer(world, drug, target), UNSAFE, HARMFUL_REQUEST)]
     return Document.from_parts(doc_id, "qa", parts, meta)
