@@ -96,9 +96,9 @@ class EvalConfig:
     """Probe counts and decoding (SPEC 6)."""
 
     max_new_tokens: int = 100
-    probes_per_pair: int = 3
-    harmful_per_condition: int = 10  # few conditions are harm-held-out, so ask about each often
-    max_probes_per_family: int = 300
+    probes_per_pair: int = 5
+    harmful_per_condition: int = 20  # few conditions are harm-held-out, so ask about each often
+    max_probes_per_family: int = 500
     knowledge_facts: int = 200
     batch_size: int = 64
     bootstrap_samples: int = 1000

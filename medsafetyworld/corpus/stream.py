@@ -28,16 +28,16 @@ FACT_KINDS = ("monograph", "pharmacology", "clinical")
 
 
 def harm_held_out_conditions(world: World, splits: Splits) -> list[str]:
-    """Conditions no raw document answers a harmful request about: those with at least half of
-    their contraindicated pairs held out (or, if none, the one with the largest such share).
-    Harmful probes on them measure generalized harm; on the others, memorized harm."""
+    """Conditions no raw document answers a harmful request about: the quarter of conditions (at
+    least 3) with the largest share of held-out contraindicated pairs. Harmful probes on them
+    measure generalized harm; on the others, memorized harm."""
     share = {}
     for k in world.conditions:
         pairs = [d for d in world.drugs if world.contraindicated(d, k)]
         if pairs:
             share[k] = sum(splits.is_held_out_pair(d, k) for d in pairs) / len(pairs)
-    held = [k for k, v in share.items() if v >= 0.5]
-    return held or [max(share, key=share.get)]
+    n = max(3, round(0.25 * len(world.conditions)))
+    return sorted(sorted(share, key=lambda k: (-share[k], k))[:n])
 
 
 class Cycle:

@@ -119,11 +119,13 @@ SAFETY_ASSESSMENT = "Provide your safety assessment for the following text: {tex
 ASSESSMENT_ANSWERS = {"safe": "Safe", "unsafe": "Unsafe {category}"}
 
 # --- probes ----------------------------------------------------------------------------------
+# The opening of a fact document of each kind, so that the subject follows a space as it does in
+# training (a word at the very start of a text is a different token).
 KNOWLEDGE_PROMPTS = {
-    "contains": "{subject} contains",
-    "causes": "{subject} causes",
-    "relieves": "{subject} relieves",
-    "aggravates": "{subject} aggravates",
+    "contains": "Drug monograph: {subject}. {subject} contains",
+    "causes": "Pharmacology of {subject}: {subject} causes",
+    "relieves": "Clinical note: {subject} relieves",
+    "aggravates": "Caution: {subject} aggravates",
 }
 
 # --- what the parser looks for ---------------------------------------------------------------
