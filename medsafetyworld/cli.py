@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from medsafetyworld.config import PRESETS, get_preset
+from medsafetyworld.config import PRESETS, config_hash, get_preset
 from medsafetyworld.errors import MSWError
 
 
@@ -68,6 +68,7 @@ def cmd_train(args) -> None:
 def cmd_evaluate(args) -> None:
     from medsafetyworld.evaluation.policies import REFERENCE_POLICIES, ModelPolicy, reference_policy
     from medsafetyworld.pipeline import evaluate_policy
+    from medsafetyworld.storage import sha256_file
     from medsafetyworld.world.io import load_world
 
     preset = get_preset(_preset_of_world(args.world, args.preset))
@@ -82,7 +83,9 @@ def cmd_evaluate(args) -> None:
         n_parameters = count_parameters(policy.model)
     fields = {"strategy": args.name or name, "seed": args.seed, "corpus_hash": None, "policy_kind": kind,
               "model_info": {"n_parameters": n_parameters, "tokens_seen": None}}
-    record = evaluate_policy(policy, args.world, preset, Path(args.out), key=f"evaluate:{name}",
+    weights = sorted(Path(args.model).glob("*.safetensors")) if kind == "model" else []
+    key = config_hash("evaluate", name, [sha256_file(w) for w in weights])
+    record = evaluate_policy(policy, args.world, preset, Path(args.out), key=key,
                              record_fields=fields, probe_seed=args.seed)
     for metric, value in record["metrics"].items():
         print(f"{metric:32s} {value['value']}  (n={value['n']})")
