@@ -10,12 +10,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from medsafetyworld.errors import DataError
+
 
 def sha256_file(path: Path | str) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except FileNotFoundError:
+        raise DataError(f"{path} not found; cannot hash it") from None
     return h.hexdigest()
 
 
