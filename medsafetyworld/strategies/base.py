@@ -8,6 +8,7 @@ from typing import ClassVar
 import numpy as np
 
 from medsafetyworld.corpus.document import Document
+from medsafetyworld.world.graph import World
 
 
 class Strategy:
@@ -20,6 +21,13 @@ class Strategy:
     """
 
     name: ClassVar[str] = ""
+    world: World | None = None
+
+    def setup(self, world: World) -> Strategy:
+        """Called once before streaming, with the world the documents come from (a strategy that
+        rewrites text may need it, e.g. to name a safe alternative drug). Returns self."""
+        self.world = world
+        return self
 
     def apply(self, doc: Document, rng: np.random.Generator) -> Iterable[Document]:
         raise NotImplementedError
