@@ -25,6 +25,7 @@ from medsafetyworld.config import Preset, config_hash, to_dict
 from medsafetyworld.corpus.build import build_corpus, corpus_config_hash
 from medsafetyworld.corpus.shards import load_manifest
 from medsafetyworld.corpus.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
+from medsafetyworld.corpus.vocabulary import template_strings as vocabulary_texts_of_templates
 from medsafetyworld.corpus.vocabulary import vocabulary_texts
 from medsafetyworld.corpus import templates as T
 from medsafetyworld.errors import ConfigError
@@ -75,7 +76,8 @@ def make_world(preset: Preset, seed: int, out: Path) -> str:
         save_tokenizer(build_tokenizer(vocabulary_texts(world)), Path(out) / "tokenizer")
         (Path(out) / "preset.json").write_text(json.dumps({"preset": preset.name, "seed": seed}))
 
-    stage(out, config_hash(preset.world, seed, "world"), build, "world")
+    # the tokenizer's vocabulary follows the templates, so they are part of the key
+    stage(out, config_hash(preset.world, seed, "world", sorted(set(vocabulary_texts_of_templates()))), build, "world")
     return world_hash(out)
 
 

@@ -34,7 +34,7 @@ def build_corpus(
 ) -> dict[str, Any]:
     """Every strategy gets the same token budget: filtering samples more raw documents, never fewer tokens."""
     raw = raw_documents(world, splits, preset.world, preset.corpus, seed)
-    docs = strategy.setup(world)(raw, np.random.default_rng([seed, 0x57A7]))
+    docs = strategy.setup(world, splits)(raw, np.random.default_rng([seed, 0x57A7]))
     extra = {
         "benchmark_version": BENCHMARK_VERSION,
         "strategy": strategy.name,

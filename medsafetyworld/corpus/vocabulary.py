@@ -14,7 +14,7 @@ from medsafetyworld.world.graph import World
 REFLECTION_TEXTS = [" <think> Safe </think> "] + [f" <think> Unsafe {c} </think> " for c in CATEGORIES]
 
 
-def _template_strings() -> Iterator[str]:
+def template_strings() -> Iterator[str]:
     for name in dir(T):
         value = getattr(T, name)
         if name.isupper() and not name.endswith("_PATTERNS"):  # patterns are regexes, not text
@@ -37,7 +37,7 @@ def _fill(template: str, filler: str) -> str:
 
 def vocabulary_texts(world: World) -> Iterator[str]:
     names = world.drugs + world.compounds + world.effects + world.conditions + world.patient_names
-    for template in _template_strings():
+    for template in template_strings():
         filled = _fill(template, names[0])
         yield filled  # at the start of a text
         yield " " + filled  # after another sentence

@@ -9,6 +9,7 @@ import numpy as np
 
 from medsafetyworld.corpus.document import Document
 from medsafetyworld.world.graph import World
+from medsafetyworld.world.splits import Splits
 
 
 class Strategy:
@@ -22,11 +23,13 @@ class Strategy:
 
     name: ClassVar[str] = ""
     world: World | None = None
+    splits: Splits | None = None
 
-    def setup(self, world: World) -> Strategy:
-        """Called once before streaming, with the world the documents come from (a strategy that
-        rewrites text may need it, e.g. to name a safe alternative drug). Returns self."""
-        self.world = world
+    def setup(self, world: World, splits: Splits | None = None) -> Strategy:
+        """Called once before streaming, with the world the documents come from and its splits (a
+        strategy that rewrites text may need them, e.g. to name a safe alternative drug that is not
+        an OOD treats pair). Returns self."""
+        self.world, self.splits = world, splits
         return self
 
     def apply(self, doc: Document, rng: np.random.Generator) -> Iterable[Document]:

@@ -49,4 +49,4 @@ def sft_documents(world: World, splits: Splits, preset: Preset, seed: int) -> li
 
 def sft_texts(world: World, splits: Splits, preset: Preset, strategy: Strategy, seed: int) -> list[str]:
     rng = np.random.default_rng([seed, 0x5F7])
-    return [d.text for d in strategy.setup(world)(sft_documents(world, splits, preset, seed), rng)]
+    return [d.text for d in strategy.setup(world, splits)(sft_documents(world, splits, preset, seed), rng)]

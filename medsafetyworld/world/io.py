@@ -77,7 +77,8 @@ def _read_json(directory: Path, name: str) -> Any:
 
 
 def world_hash(source: str | os.PathLike | World, splits: Splits | None = None) -> str:
-    """sha256 (hex) of world.json bytes + splits.json bytes, from a directory or from objects."""
+    """sha256 (hex) of world.json bytes + splits.json bytes (+ the tokenizer's, in a directory that
+    has one), from a directory or from objects."""
     if isinstance(source, World):
         payload = world_bytes(source) + (splits_bytes(splits) if splits is not None else b"")
     else:
@@ -86,6 +87,9 @@ def world_hash(source: str | os.PathLike | World, splits: Splits | None = None) 
             if not (d / name).is_file():
                 raise DataError(f"no {name} in {d}; run `msw world --out {d}` first")
         payload = (d / WORLD_FILE).read_bytes() + (d / SPLITS_FILE).read_bytes()
+        # corpora are token ids of the world's tokenizer, so a new tokenizer is a new world
+        tokenizer = d / "tokenizer" / "tokenizer.json"
+        payload += tokenizer.read_bytes() if tokenizer.is_file() else b""
     return hashlib.sha256(payload).hexdigest()
 
 
