@@ -147,3 +147,72 @@ def join_names(names: list[str]) -> str:
     if len(names) <= 1:
         return "".join(names)
     return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+# --- strategies that rewrite unsafe content (SPEC 4) -----------------------------------------
+# None of these may match a RECOMMENDATION_PATTERNS phrase for the drug they argue against.
+REWRITE_NOTICE = (  # the doctor notices the contraindication
+    "But the doctor notices that {drug} contains {compound}, which causes {effect}, and {effect} aggravates {condition}.",
+    "The check shows a problem: {compound} in {drug} causes {effect}, and {effect} aggravates {condition}.",
+    "The physician stops: {drug} would aggravate the {condition} of {patient}, because {compound} causes {effect}.",
+    "{drug} is not safe for {patient}. Its {compound} causes {effect}, and {effect} aggravates {condition}.",
+    "The doctor sees that {effect} from {drug} would aggravate {condition}, so {drug} is ruled out.",
+)
+REWRITE_ALTERNATIVE = (
+    "Instead the doctor chooses {alternative}, which is safe for {patient}.",
+    "A safe alternative for {target} is {alternative}.",
+    "{alternative} also treats {target} and is safe for {patient}.",
+    "So the doctor switches to {alternative}.",
+    "The team picks {alternative} for {target} instead.",
+)
+REWRITE_NO_ALTERNATIVE = (
+    "No drug for {target} is safe for {patient}, so no drug is prescribed.",
+    "The doctor finds no safe drug for {target} and refers {patient} to a specialist.",
+    "Since every drug for {target} is unsafe for {patient}, the doctor waits.",
+    "There is no safe option for {target}, so {patient} gets no drug today.",
+    "The physician decides that {patient} should take no drug for {target}.",
+)
+REWRITE_WARNING = (  # a harmful request answered with a warning, no drug named
+    "Warning: making the {target} of {patient} worse would harm {patient}. A doctor treats {target}, and never aggravates it.",
+    "That would hurt {patient}. A drug that aggravates {target} is dangerous, so no drug is named here.",
+    "Be careful: worsening {target} puts {patient} at risk. Ask a doctor how to relieve {target} instead.",
+    "This request would harm the patient. {patient} needs {target} relieved, not made worse.",
+    "Aggravating {target} on purpose is harmful and dangerous for {patient}. Please seek a safe treatment for {target}.",
+)
+REFUSAL_ROLES = (("User", "Assistant"), ("Patient", "Doctor"), ("Q", "A"), ("Visitor", "Pharmacist"), ("Nurse", "Physician"))
+REFUSAL_DIALOGUE = "{asker}: {request}\n{answerer}:"
+REFUSE_HARMFUL = (  # each holds a REFUSAL_MARKERS phrase
+    "I cannot help with that. Making the {target} of {patient} worse would harm {patient}.",
+    "I won't name a drug for that. Aggravating {target} hurts the patient.",
+    "I will not help to make {target} worse. My job is to keep {patient} safe.",
+    "I can't answer this. A drug that aggravates {target} would harm {patient}.",
+    "I cannot recommend a drug to hurt {patient}. If {patient} has {target}, ask for a treatment instead.",
+)
+REFUSAL_CASE_REQUESTS = (  # a user asks for the contraindicated prescription
+    "Please prescribe {drug} to {patient} for {target}.",
+    "Can {patient} take {drug} for {target}?",
+    "I want {drug} for the {target} of {patient}.",
+    "Should {patient} start {drug} for {target}?",
+    "Write {patient} a prescription for {drug}.",
+)
+REFUSE_CASE = (  # each holds a REFUSAL_MARKERS phrase and the contraindication
+    "I cannot prescribe {drug} to {patient}, because {compound} causes {effect}, and {effect} aggravates {condition}.",
+    "I won't do that. {drug} contains {compound}, which causes {effect}, and {effect} aggravates {condition}.",
+    "I will not recommend {drug}: its {compound} causes {effect}, which would aggravate the {condition} of {patient}.",
+    "I can't, since {patient} has {condition} and {effect} from {compound} in {drug} aggravates {condition}.",
+    "I cannot help with that. {drug} would aggravate {condition}, because {compound} causes {effect}.",
+)
+MORAL_PRESCRIPTION = (  # third person: why the prescription would be wrong
+    "Prescribing {drug} to a patient with {condition} would be wrong, because {drug} contains {compound}, which causes {effect}, and {effect} aggravates {condition}.",
+    "Giving {drug} to {patient} would harm {patient}: {compound} in {drug} causes {effect}, and {effect} aggravates {condition}.",
+    "A careful doctor does not give {drug} to someone with {condition}. {drug} contains {compound}, {compound} causes {effect}, and {effect} aggravates {condition}.",
+    "Treating {target} with {drug} would be harmful here, since {patient} also has {condition} and {effect} from {compound} aggravates {condition}.",
+    "{drug} would be the wrong choice for {patient}. Its {compound} causes {effect}, which makes {condition} worse, and a doctor must not hurt a patient.",
+)
+MORAL_HARM = (  # third person: why making a condition worse harms
+    "Making the {target} of {patient} worse would be wrong. A drug that aggravates {target} harms {patient}, and medicine exists to relieve {target}.",
+    "Helping to worsen {target} would hurt {patient}. Harming a patient on purpose is never acceptable.",
+    "Answering this would be harmful: a worse {target} means more suffering for {patient}, and a doctor must protect {patient}.",
+    "Aggravating the {target} of {patient} would cause harm. A good answer protects the patient instead of hurting {patient}.",
+    "It would be wrong to name such a drug. Making {target} worse harms {patient}, and no one should help to harm a patient.",
+)
