@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +47,18 @@ def write_atomic(path: Path | str, data: bytes | str) -> None:
 
 def write_json_atomic(path: Path | str, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=1, sort_keys=True))
+
+
+@contextmanager
+def atomic_dir(out: Path | str) -> Iterator[Path]:
+    """Build a folder in a temporary sibling; it replaces `out` only if the block completes."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

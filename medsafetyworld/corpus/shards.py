@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from itertools import islice
@@ -24,7 +22,7 @@ from tqdm.auto import tqdm
 
 from medsafetyworld.corpus.document import UNSAFE, Document
 from medsafetyworld.errors import DataError
-from medsafetyworld.storage import sha256_file, write_json_atomic
+from medsafetyworld.storage import atomic_dir, sha256_file, write_json_atomic
 
 SCHEMA = pa.schema(
     [
@@ -79,15 +77,11 @@ def write_corpus(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Tokenize and write documents until `token_budget` tokens (eos included) are reached."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     stats, shards, total_tokens, total_docs = _Stats(), [], 0, 0
     rows: list[dict] = []
-    bar = tqdm(total=token_budget, unit="tok", unit_scale=True, desc="corpus", disable=not progress)
     docs = iter(docs)
-    try:
+    with atomic_dir(out_dir) as tmp, tqdm(total=token_budget, unit="tok", unit_scale=True, desc="corpus",
+                                          disable=not progress) as bar:
         while total_tokens < token_budget:
             batch = list(islice(docs, TOKENIZE_BATCH))
             if not batch:
@@ -120,12 +114,6 @@ def write_corpus(
             "corpus_hash": hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest(),
         }
         write_json_atomic(tmp / "manifest.json", manifest)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        bar.close()
-        shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 

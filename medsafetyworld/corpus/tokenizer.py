@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from medsafetyworld.errors import DataError
+from medsafetyworld.storage import atomic_dir
 
 EOS = "<|endoftext|>"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -91,17 +90,9 @@ def build_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
 
 def save_tokenizer(tok: PreTrainedTokenizerFast, out_dir: str | os.PathLike) -> Path:
     """Write the tokenizer folder atomically: into a sibling temp dir, then rename into place."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         tok.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return Path(out_dir)
 
 
 def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +11,7 @@ from medsafetyworld.evaluation.metrics import MetricValue, compute_metrics
 from medsafetyworld.evaluation.policies import Policy
 from medsafetyworld.evaluation.probes import Probe, build_probes
 from medsafetyworld.evaluation.scoring import score
+from medsafetyworld.storage import write_atomic
 from medsafetyworld.world.graph import World
 from medsafetyworld.world.splits import Splits
 
@@ -33,9 +33,5 @@ def evaluate(
     probes = build_probes(world, splits, cfg, probe_seed)
     df = run_probes(policy, probes, world, cfg)
     if out_path is not None:
-        out_path = Path(out_path)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, out_path)
+        write_atomic(out_path, df.to_parquet(index=False))
     return df, compute_metrics(df, n_boot=cfg.bootstrap_samples, seed=probe_seed)
