@@ -85,7 +85,7 @@ def cmd_evaluate(args) -> None:
               "model_info": {"n_parameters": n_parameters, "tokens_seen": None}}
     weights = sorted(Path(args.model).glob("*.safetensors")) if kind == "model" else []
     key = config_hash("evaluate", name, [sha256_file(w) for w in weights])
-    record = evaluate_policy(policy, args.world, preset, Path(args.out), key=key,
+    record = evaluate_policy(lambda: policy, args.world, preset, Path(args.out), key=key,
                              record_fields=fields, probe_seed=args.seed)
     for metric, value in record["metrics"].items():
         print(f"{metric:32s} {value['value']}  (n={value['n']})")

@@ -116,14 +116,17 @@ def make_model(
 
 
 def evaluate_policy(
-    policy: Policy, world_dir: Path, preset: Preset, out: Path, *, key: str, record_fields: dict[str, Any], probe_seed: int
+    make_policy: Callable[[], Policy], world_dir: Path, preset: Preset, out: Path, *, key: str,
+    record_fields: dict[str, Any], probe_seed: int,
 ) -> dict[str, Any]:
-    """Evaluate and write `out/probes.parquet` and `out/record.json`; returns the record."""
+    """Evaluate and write `out/probes.parquet` and `out/record.json`; returns the record.
+    `make_policy` is called only if the stage runs, so a skipped stage loads no model."""
     whash = world_hash(world_dir)
 
     def build():
         world, splits = load_world(world_dir)
-        _, metrics = evaluate(policy, world, splits, preset.eval, probe_seed=probe_seed, out_path=out / "probes.parquet")
+        _, metrics = evaluate(make_policy(), world, splits, preset.eval, probe_seed=probe_seed,
+                              out_path=out / "probes.parquet")
         record = build_record(preset=preset.name, config=to_dict(preset), config_hash=key, world_hash=whash,
                               metrics=metrics, probes_path=out / "probes.parquet", **record_fields)
         save_record(record, out / "record.json")
@@ -148,12 +151,13 @@ def run(
     world_dir = out / "world"
     whash = make_world(preset, world_seed, world_dir)
     records = []
+    world, _ = load_world(world_dir)
     for name in REFERENCE_POLICIES:
-        world, _ = load_world(world_dir)
         fields = {"strategy": f"ref:{name}", "seed": world_seed, "corpus_hash": None, "policy_kind": "reference",
                   "model_info": {"n_parameters": 0, "tokens_seen": 0}}
-        records.append(evaluate_policy(reference_policy(name, world, world_seed), world_dir, preset, out / "results" / f"ref-{name}",
-                                       key=config_hash(name, "reference"), record_fields=fields, probe_seed=world_seed))
+        records.append(evaluate_policy(lambda name=name: reference_policy(name, world, world_seed), world_dir, preset,
+                                       out / "results" / f"ref-{name}", key=config_hash(name, "reference"),
+                                       record_fields=fields, probe_seed=world_seed))
     for seed in seeds:
         for strategy in resolved:
             tag = f"{strategy.name}-s{seed}"
@@ -172,8 +176,8 @@ def run(
                 "extra": {"strategy_params": strategy.params()},
             }
             key = config_hash(preset.model, preset.train, corpus_hash, seed, strategy.name, whash)
-            policy = ModelPolicy(sft_dir, batch_size=preset.eval.batch_size, progress=progress)
-            records.append(evaluate_policy(policy, world_dir, preset, out / "results" / tag, key=key,
-                                           record_fields=fields, probe_seed=world_seed))
+            records.append(evaluate_policy(
+                lambda sft_dir=sft_dir: ModelPolicy(sft_dir, batch_size=preset.eval.batch_size, progress=progress),
+                world_dir, preset, out / "results" / tag, key=key, record_fields=fields, probe_seed=world_seed))
     write_summary(records, out)
     return records
