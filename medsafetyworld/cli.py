@@ -55,6 +55,41 @@ def cmd_corpus(args) -> None:
           f"corpus hash {corpus_hash[:16]}; written to {args.out}")
 
 
+def cmd_corpus_stats(args) -> None:
+    from medsafetyworld.corpus.stats import budget_note, compare_corpora
+
+    table = compare_corpora(args.dirs)
+    print(table.to_string())
+    print(budget_note(table))
+    if args.csv:
+        from medsafetyworld.storage import write_atomic
+
+        write_atomic(args.csv, table.to_csv())
+        print(f"written to {args.csv}")
+
+
+def build_corpus_stats_parser() -> argparse.ArgumentParser:
+    """`msw corpus stats DIR...`: its own parser, so `msw corpus --world ...` keeps its options as they are."""
+    p = argparse.ArgumentParser(
+        prog="msw corpus stats",
+        description="documents, tokens, unsafe segments, tag, red-flag and reflection counts per document kind, "
+                    "corpora side by side with their token budgets")
+    p.add_argument("-q", "--quiet", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="folders written by `msw corpus`")
+    p.add_argument("--csv", type=Path, default=None, metavar="PATH", help="also write the table as CSV")
+    p.set_defaults(func=cmd_corpus_stats)
+    return p
+
+
+def _corpus_stats_argv(argv: list[str]) -> list[str] | None:
+    """argv without `corpus stats` if the command is `msw [-q] [-v] corpus stats ...`, else None."""
+    i = 0
+    while i < len(argv) and argv[i] in ("-q", "--quiet", "-v", "--verbose"):
+        i += 1
+    return argv[:i] + argv[i + 2 :] if argv[i : i + 2] == ["corpus", "stats"] else None
+
+
 def cmd_train(args) -> None:
     from medsafetyworld.pipeline import make_model
     from medsafetyworld.strategies import get_strategy
@@ -120,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", type=Path, required=True)
     w.set_defaults(func=cmd_world)
 
-    c = sub.add_parser("corpus", help="render a strategy's training corpus as Parquet shards")
+    c = sub.add_parser("corpus", help="render a strategy's training corpus as Parquet shards "
+                                      "(`msw corpus stats DIR...` compares rendered corpora)",
+                       epilog="msw corpus stats DIR [DIR ...] [--csv PATH]: per-kind counts of rendered corpora, "
+                              "side by side")
     c.add_argument("--world", type=Path, required=True, help="a folder written by `msw world`")
     c.add_argument("--strategy", default="raw")
     c.add_argument("--preset", default=None, help="default: the world's preset")
@@ -160,7 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    stats_argv = _corpus_stats_argv(argv)
+    if stats_argv is not None:
+        args = build_corpus_stats_parser().parse_args(stats_argv)
+    else:
+        args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         args.func(args)
