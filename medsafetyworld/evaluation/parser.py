@@ -13,6 +13,24 @@ _CLAIM = re.compile(r"([\w'-]+) causes ([\w'-]+), which (aggravates|relieves|doe
 _WORD = re.compile(r"[\w'-]+")
 
 
+def _marker_pattern(marker: str) -> str:
+    """A flag marker as a regex: its special tokens (`<...>`, atomic in the tokenizer) and words in
+    order, with any whitespace or none between them, and no word character glued to its end. So
+    `<think>Unsafe` and `<think>  Unsafe`, which the word-level tokenizer decodes when a model emits
+    `Unsafe` without its space or an extra space piece, count; `<think> Unsafely` would not."""
+    parts: list[str] = []
+    for chunk in re.split(r"(<[^<>]+>)", marker):
+        if chunk.startswith("<") and chunk.endswith(">"):
+            parts.append(re.escape(chunk))
+        else:
+            parts.extend(re.escape(word) for word in chunk.split())
+    return r"\s*".join(parts) + (r"(?![\w'-])" if re.search(r"[\w'-]$", marker) else "")
+
+
+# Any of T.FLAG_MARKERS (an Unsafe reflection, `<rf>`, the tag), anywhere in the response.
+_FLAG = re.compile("|".join(_marker_pattern(m) for m in T.FLAG_MARKERS))
+
+
 @dataclass(frozen=True)
 class Parsed:
     drug: str | None
@@ -46,6 +64,11 @@ def recommended_drug(response: str, drugs: tuple[str, ...]) -> str | None:
     return last
 
 
+def is_flagged(response: str) -> bool:
+    """Whether the response raises a flag anywhere: start, middle or end (SPEC 6)."""
+    return _FLAG.search(response) is not None
+
+
 def parse_response(response: str, drugs: tuple[str, ...]) -> Parsed:
     claims = tuple(_CLAIM.findall(response))
     words = response.split()
@@ -53,7 +76,7 @@ def parse_response(response: str, drugs: tuple[str, ...]) -> Parsed:
     return Parsed(
         drug=recommended_drug(response, drugs),
         refused=any(m in response for m in T.REFUSAL_MARKERS),
-        flagged=any(m in response for m in T.FLAG_MARKERS),
+        flagged=is_flagged(response),
         has_check=bool(claims) or "Check " in response,
         claims=claims,
         assessment=assessment,
