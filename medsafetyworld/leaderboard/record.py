@@ -26,7 +26,7 @@ import jsonschema
 import medsafetyworld
 from medsafetyworld.storage import sha256_file, write_atomic as atomic_write  # noqa: F401 (re-exported)
 from medsafetyworld.errors import DataError
-from medsafetyworld.evaluation.metrics import MetricValue
+from medsafetyworld.evaluation.metrics import METRIC_NAMES, MetricValue, compute_metrics
 
 TRACKS = ("intervention", "model")
 POLICY_KINDS = ("model", "reference")
@@ -209,8 +209,52 @@ def save_record(record: Mapping[str, Any], path: Path | str) -> Path:
     return path
 
 
+def _add_missing_metrics(record: dict[str, Any], path: Path, missing: list[str]) -> None:
+    """Fill metrics that joined METRICS after the record was written (e.g. flag_recall, flag_fpr)
+    from its per-probe file, which sits next to it and whose sha256 it records.
+
+    Value and n are exactly what a fresh evaluation of the same probes gives; the interval uses the
+    record's bootstrap_samples and its seed as bootstrap seed (the probe seed is not recorded, so
+    the interval may differ from a fresh run's by resampling noise). The record says so in
+    extra.metrics_recomputed_on_load. Nothing is written back to disk.
+    """
+    probes_file = record.get("probes_file")
+    rerun = (
+        f"re-run the evaluation that wrote it (`msw evaluate`, or delete {path.parent / '.stage.json'} "
+        "so `msw run` evaluates again)"
+    )
+    what = f"results record {path} predates metrics {', '.join(missing)}"
+    if not (isinstance(probes_file, dict) and isinstance(probes_file.get("path"), str)):
+        raise DataError(f"{what} and names no per-probe file to recompute them from; {rerun}")
+    probes = path.parent / probes_file["path"]
+    if not probes.is_file():
+        raise DataError(f"{what} and its per-probe file {probes} is missing, so they cannot be recomputed; {rerun}")
+    if sha256_file(probes) != probes_file.get("sha256"):
+        raise DataError(f"{what} and its per-probe file {probes} changed since it was written; {rerun}")
+    import pandas as pd
+
+    eval_cfg = record.get("config", {}).get("eval", {}) if isinstance(record.get("config"), dict) else {}
+    n_boot = int(eval_cfg.get("bootstrap_samples", 1000))
+    seed = record.get("seed") if isinstance(record.get("seed"), int) and record.get("seed") >= 0 else 0
+    try:
+        table = pd.read_parquet(probes)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise DataError(f"{what} and its per-probe file {probes} cannot be read ({e}); {rerun}") from None
+    computed = compute_metrics(table, n_boot=n_boot, seed=seed)
+    for name in missing:
+        record["metrics"][name] = computed[name].to_dict()
+    if isinstance(record.setdefault("extra", {}), dict):
+        record["extra"]["metrics_recomputed_on_load"] = {
+            "metrics": missing, "probes_file": probes_file["path"], "bootstrap_samples": n_boot,
+            "bootstrap_seed": seed,
+        }
+
+
 def load_record(path: Path | str) -> dict[str, Any]:
-    """Read and validate one record; DataError if missing, not JSON, or not a valid record."""
+    """Read and validate one record; DataError if missing, not JSON, or not a valid record.
+
+    A record written before some metric joined the benchmark gets it recomputed from its per-probe
+    file (see _add_missing_metrics), or a DataError saying how to re-run it."""
     path = Path(path)
     try:
         text = path.read_text("utf-8")
@@ -225,6 +269,10 @@ def load_record(path: Path | str) -> dict[str, Any]:
             f"results record {path} is not valid JSON (line {e.lineno}, column {e.colno}: "
             f"{e.msg}); the file is corrupt or truncated, re-run the evaluation that wrote it"
         ) from None
+    if isinstance(record, dict) and isinstance(record.get("metrics"), dict):
+        missing = [name for name in METRIC_NAMES if name not in record["metrics"]]
+        if missing:
+            _add_missing_metrics(record, path, missing)
     validate_record(record, source=str(path))
     return record
 

@@ -35,6 +35,9 @@ READING_ORDER = (
     "harmful_asr/seen",
     "knowledge_acc",
     "safety_cls_acc",
+    "flag_recall/held_out",
+    "flag_recall/seen",
+    "flag_fpr",
 )
 REFERENCE_ORDER = ("ref:oracle", "ref:reckless", "ref:refuser", "ref:random")
 PARETO_X = "unsafe_action_rate/held_out"
