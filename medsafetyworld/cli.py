@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from medsafetyworld.config import PRESETS, config_hash, get_preset
-from medsafetyworld.errors import MSWError
+from medsafetyworld.errors import ConfigError, MSWError
 
 
 def _seeds(text: str) -> list[int]:
@@ -108,18 +108,30 @@ def cmd_evaluate(args) -> None:
 
     preset = get_preset(_preset_of_world(args.world, args.preset))
     if args.model in REFERENCE_POLICIES:
+        if args.decoding != "greedy":
+            raise ConfigError(f"--decoding {args.decoding} needs a model folder; reference policies answer by rule")
         policy, kind, name = reference_policy(args.model, load_world(args.world)[0]), "reference", f"ref:{args.model}"
     else:
-        policy, kind, name = ModelPolicy(Path(args.model), preset.eval.batch_size, progress=not args.quiet), "model", args.model
+        policy = ModelPolicy(Path(args.model), preset.eval.batch_size, progress=not args.quiet,
+                             decoding=args.decoding, num_beams=args.num_beams)
+        kind, name = "model", args.model
     n_parameters = None
+    extra = {}
     if kind == "model":
         from medsafetyworld.training.model import count_parameters
 
         n_parameters = count_parameters(policy.model)
+        extra["decoding"] = policy.decoding_info()
+        if args.decoding == "safebeam":  # a SafeBeam record must not pass for the greedy one
+            name = f"{name}+safebeam{args.num_beams}"
     fields = {"strategy": args.name or name, "seed": args.seed, "corpus_hash": None, "policy_kind": kind,
               "model_info": {"n_parameters": n_parameters, "tokens_seen": None}}
+    if extra:
+        fields["extra"] = extra
     weights = sorted(Path(args.model).glob("*.safetensors")) if kind == "model" else []
-    key = config_hash("evaluate", name, [sha256_file(w) for w in weights])
+    # greedy keeps its old key, so earlier evaluations stay up to date; SafeBeam gets its own
+    decoding = [] if args.decoding == "greedy" else [extra["decoding"]]
+    key = config_hash("evaluate", name, [sha256_file(w) for w in weights], *decoding)
     record = evaluate_policy(lambda: policy, args.world, preset, Path(args.out), key=key,
                              record_fields=fields, probe_seed=args.seed)
     for metric, value in record["metrics"].items():
@@ -182,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="probe seed (use the world seed to match `msw run`)")
     e.add_argument("--name", default=None, help="name in the record (default: the model path)")
     e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--decoding", choices=("greedy", "safebeam"), default="greedy",
+                   help="greedy (default), or SafeBeam: beam search dropping, each step, the half of the "
+                        "candidates most likely to be followed by <potentially unsafe content>")
+    e.add_argument("--num-beams", type=int, default=4, help="beams for --decoding safebeam (default 4)")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("run", help="the whole benchmark: world, corpora, training, evaluation, summary")

@@ -5,6 +5,7 @@ the same parser and scorer, so every metric can be tested without training (insp
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from tqdm.auto import tqdm
 
 from medsafetyworld.corpus import render
 from medsafetyworld.corpus import templates as T
-from medsafetyworld.errors import DataError
+from medsafetyworld.errors import ConfigError, DataError
 from medsafetyworld.evaluation.probes import Probe
 from medsafetyworld.world.graph import World
 
@@ -114,13 +115,124 @@ def reference_policy(name: str, world: World, seed: int = 0) -> ReferencePolicy:
     return classes[name](world, seed)
 
 
-class ModelPolicy(Policy):
-    """Greedy decoding from any Hugging Face causal LM folder with its tokenizer."""
+DECODINGS = ("greedy", "safebeam")
 
-    def __init__(self, model_dir: Path, batch_size: int = 64, device: str | None = None, progress: bool = True):
+
+def safebeam_generate(
+    model,
+    input_ids,
+    attention_mask=None,
+    *,
+    tag_id: int | None,
+    num_beams: int = 4,
+    max_new_tokens: int = 100,
+    eos_id: int | None = None,
+    allow_tag: bool = False,
+) -> list[int]:
+    """SafeBeam decoding (Safety Pretraining, Maini et al. 2025) of one prompt; the new token ids.
+
+    Beam search that, at every step, drops the half of the candidate continuations on which the
+    model puts the most probability on the tag `<potentially unsafe content>` coming next:
+
+    1. take the top 2*num_beams (beam, token) extensions of the live beams by cumulative log-prob;
+    2. one batched forward pass over those candidates gives each one's next-token distribution; its
+       probability of `tag_id` is the candidate's risk (that same pass supplies the next step's
+       log-probs, so a step costs one forward pass);
+    3. keep the num_beams candidates with the lowest risk (ties: higher log-prob, then candidate
+       order), ranked by cumulative log-prob; those ending in eos_id are finished, the rest live on.
+
+    It stops when no beam is live, after max_new_tokens, or once the best finished beam scores at
+    least the best live one (log-probs only fall, so no live beam could overtake it). It returns the
+    best finished beam by cumulative log-prob (no length penalty), eos included as
+    `model.generate` would; with none finished, the best live beam, max_new_tokens long.
+
+    The tag itself is never emitted unless allow_tag: SafeBeam uses it as a signal to steer away
+    from, and a printed tag would be a flag that withholds the response rather than a safe answer.
+    An eos candidate is scored like any other, by the tag's probability right after it (where a
+    trained model predicts the start of a new document, rarely a tag); giving it risk 0 instead
+    would, with one beam, end the response whenever eos is the second most likely token.
+    tag_id=None switches the filter off: plain beam search, greedy decoding with num_beams=1.
+
+    `model(input_ids=...)` must return an object with `.logits` (batch, length, vocab), as a Hugging
+    Face causal LM does; input_ids is one prompt, shape (length,) or (1, length). With an
+    attention_mask, masked (padding) positions are dropped first. Sequences are re-run whole each
+    step (no KV cache): simple, and cheap for the benchmark's small models.
+    """
+    import torch
+
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be at least 1, got {num_beams}")
+    ids = torch.as_tensor(input_ids)
+    if ids.dim() == 2:
+        if ids.shape[0] != 1:
+            raise ValueError(f"safebeam_generate takes one prompt, got a batch of {ids.shape[0]}")
+        ids = ids[0]
+    if attention_mask is not None:
+        ids = ids[torch.as_tensor(attention_mask).reshape(-1).to(ids.device).bool()]
+    prompt = ids.tolist()
+
+    def next_logprobs(seqs: list[list[int]]):
+        batch = torch.tensor(seqs, dtype=torch.long, device=ids.device)
+        with torch.inference_mode():
+            logits = model(input_ids=batch).logits[:, -1, :].float()
+        return torch.log_softmax(logits, dim=-1)
+
+    if max_new_tokens <= 0:
+        return []
+    live: list[tuple[list[int], float]] = [([], 0.0)]  # (new tokens, cumulative log-prob)
+    logprobs = next_logprobs([prompt])
+    finished: list[tuple[list[int], float]] = []
+    for _ in range(max_new_tokens):
+        scores = torch.tensor([sc for _, sc in live], dtype=torch.float64, device=logprobs.device)
+        scores = scores[:, None] + logprobs.double()
+        if tag_id is not None and not allow_tag:
+            scores[:, tag_id] = -math.inf
+        flat = scores.reshape(-1)
+        order = torch.sort(flat, descending=True, stable=True).indices[: 2 * num_beams]
+        order = order[torch.isfinite(flat[order])]
+        if order.numel() == 0:
+            break
+        vocab = scores.shape[1]
+        cands = [(live[i // vocab][0] + [i % vocab], float(flat[i])) for i in order.tolist()]
+        cand_logprobs = next_logprobs([prompt + toks for toks, _ in cands])
+        if tag_id is None:
+            risk = [0.0] * len(cands)
+        else:
+            risk = cand_logprobs[:, tag_id].exp().tolist()
+        keep = sorted(range(len(cands)), key=lambda j: (risk[j], -cands[j][1], j))[:num_beams]
+        keep.sort(key=lambda j: (-cands[j][1], j))
+        live, rows = [], []
+        for j in keep:
+            if eos_id is not None and cands[j][0][-1] == eos_id:
+                finished.append(cands[j])
+            else:
+                live.append(cands[j])
+                rows.append(j)
+        if not live:
+            break
+        if finished and max(sc for _, sc in finished) >= live[0][1]:
+            break
+        logprobs = cand_logprobs[rows]
+    if finished:
+        return max(finished, key=lambda b: b[1])[0]  # max keeps the first of equal scores
+    return live[0][0] if live else []
+
+
+class ModelPolicy(Policy):
+    """Decoding from any Hugging Face causal LM folder with its tokenizer: greedy (batched), or
+    SafeBeam (`decoding="safebeam"`, one prompt at a time; see safebeam_generate)."""
+
+    def __init__(self, model_dir: Path, batch_size: int = 64, device: str | None = None, progress: bool = True,
+                 decoding: str = "greedy", num_beams: int = 4):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from medsafetyworld.corpus.tokenizer import UNSAFE_TAG
+
+        if decoding not in DECODINGS:
+            raise ConfigError(f"unknown decoding {decoding!r}; choose one of {', '.join(DECODINGS)}")
+        if decoding == "safebeam" and num_beams < 1:
+            raise ConfigError(f"--num-beams must be at least 1, got {num_beams}")
         if not (Path(model_dir) / "config.json").is_file():
             raise DataError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
         self.name = str(model_dir)
@@ -131,8 +243,29 @@ class ModelPolicy(Policy):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(model_dir).to(self.device).eval()
         self.batch_size, self.progress = batch_size, progress
+        self.decoding, self.num_beams = decoding, num_beams
+        self.tag_id = None
+        if decoding == "safebeam":
+            self.tag_id = self.tokenizer.convert_tokens_to_ids(UNSAFE_TAG)
+            if self.tag_id is None or self.tag_id == self.tokenizer.unk_token_id:
+                raise DataError(f"SafeBeam needs the tag {UNSAFE_TAG!r} in the tokenizer of {model_dir}")
+
+    def decoding_info(self) -> dict[str, object]:
+        """How this policy decodes, for the results record."""
+        if self.decoding == "safebeam":
+            from medsafetyworld.corpus.tokenizer import UNSAFE_TAG
+
+            return {"method": "safebeam", "num_beams": self.num_beams, "tag": UNSAFE_TAG, "emits_tag": False}
+        return {"method": "greedy"}
+
+    def _decode(self, ids: list[int]) -> str:
+        if self.tokenizer.eos_token_id in ids:
+            ids = ids[: ids.index(self.tokenizer.eos_token_id)]
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
 
     def respond(self, probes, max_new_tokens):
+        if self.decoding == "safebeam":
+            return self._respond_safebeam(probes, max_new_tokens)
         import torch
 
         order = sorted(range(len(probes)), key=lambda i: len(probes[i].prompt))
@@ -148,7 +281,16 @@ class ModelPolicy(Policy):
                 )
             new = gen[:, enc["input_ids"].shape[1] :]
             for i, ids in zip(batch, new.tolist()):
-                if self.tokenizer.eos_token_id in ids:
-                    ids = ids[: ids.index(self.tokenizer.eos_token_id)]
-                out[i] = self.tokenizer.decode(ids, skip_special_tokens=False)
+                out[i] = self._decode(ids)
+        return out
+
+    def _respond_safebeam(self, probes, max_new_tokens):
+        out = []
+        for probe in tqdm(probes, desc="safebeam", disable=not self.progress):
+            enc = self.tokenizer(probe.prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
+            ids = safebeam_generate(
+                self.model, enc["input_ids"], enc["attention_mask"], tag_id=self.tag_id,
+                num_beams=self.num_beams, max_new_tokens=max_new_tokens, eos_id=self.tokenizer.eos_token_id,
+            )
+            out.append(self._decode(ids))
         return out
