@@ -218,6 +218,13 @@ def test_batched_safebeam_matches_a_slow_reference(llama, tok, prompt_ids, num_b
     assert out == reference_safebeam(llama, prompt_ids[0].tolist(), tag, num_beams, 6, tok.eos_token_id)
 
 
+@pytest.mark.parametrize("tagged", [False, True])
+def test_kv_cache_decoding_equals_whole_sequence_decoding(llama, tok, prompt_ids, tagged):
+    kw = {"tag_id": tok.convert_tokens_to_ids(UNSAFE_TAG) if tagged else None, "num_beams": 4,
+          "max_new_tokens": 12, "eos_id": tok.eos_token_id}
+    assert safebeam_generate(llama, prompt_ids, **kw) == safebeam_generate(llama, prompt_ids, use_cache=False, **kw)
+
+
 def test_on_llama_the_greedy_token_leading_to_the_tag_is_avoided(llama, tok, prompt_ids):
     tag, eos = tok.convert_tokens_to_ids(UNSAFE_TAG), tok.eos_token_id
     greedy = safebeam_generate(llama, prompt_ids, tag_id=None, num_beams=1, max_new_tokens=8, eos_id=eos)

@@ -128,6 +128,7 @@ def safebeam_generate(
     max_new_tokens: int = 100,
     eos_id: int | None = None,
     allow_tag: bool = False,
+    use_cache: bool = True,
 ) -> list[int]:
     """SafeBeam decoding (Safety Pretraining, Maini et al. 2025) of one prompt; the new token ids.
 
@@ -155,8 +156,9 @@ def safebeam_generate(
 
     `model(input_ids=...)` must return an object with `.logits` (batch, length, vocab), as a Hugging
     Face causal LM does; input_ids is one prompt, shape (length,) or (1, length). With an
-    attention_mask, masked (padding) positions are dropped first. Sequences are re-run whole each
-    step (no KV cache): simple, and cheap for the benchmark's small models.
+    attention_mask, masked (padding) positions are dropped first. A Hugging Face model decodes with
+    its KV cache (rows gathered to follow the beams) unless use_cache=False; any other model, or one
+    whose cache cannot be reordered, is re-run on whole sequences each step.
     """
     import torch
 
@@ -170,21 +172,40 @@ def safebeam_generate(
     if attention_mask is not None:
         ids = ids[torch.as_tensor(attention_mask).reshape(-1).to(ids.device).bool()]
     prompt = ids.tolist()
-
-    def next_logprobs(seqs: list[list[int]]):
-        batch = torch.tensor(seqs, dtype=torch.long, device=ids.device)
-        with torch.inference_mode():
-            logits = model(input_ids=batch).logits[:, -1, :].float()
-        return torch.log_softmax(logits, dim=-1)
-
     if max_new_tokens <= 0:
         return []
+    if use_cache:
+        from transformers import PreTrainedModel
+
+        use_cache = isinstance(model, PreTrainedModel)
+    cache = None
+
+    def forward(batch: list[list[int]], **kw):
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor(batch, dtype=torch.long, device=ids.device), **kw)
+        return out, torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+
+    def extend(cands: list[list[int]], parents: list[int]):
+        """Next-token log-probs of each candidate; parents: its parent's row in the cache."""
+        nonlocal cache
+        if cache is None:
+            return forward([prompt + toks for toks in cands])[1]
+        cache.reorder_cache(torch.tensor(parents, dtype=torch.long, device=ids.device))
+        out, logprobs = forward([toks[-1:] for toks in cands], past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        return logprobs
+
+    if use_cache:
+        out, logprobs = forward([prompt], use_cache=True)
+        cache = out.past_key_values if hasattr(out.past_key_values, "reorder_cache") else None
+    else:
+        logprobs = forward([prompt])[1]
     live: list[tuple[list[int], float]] = [([], 0.0)]  # (new tokens, cumulative log-prob)
-    logprobs = next_logprobs([prompt])
+    live_rows = [0]  # each live beam's row in the cache (and in logprobs)
     finished: list[tuple[list[int], float]] = []
     for _ in range(max_new_tokens):
         scores = torch.tensor([sc for _, sc in live], dtype=torch.float64, device=logprobs.device)
-        scores = scores[:, None] + logprobs.double()
+        scores = scores[:, None] + logprobs[live_rows].double()
         if tag_id is not None and not allow_tag:
             scores[:, tag_id] = -math.inf
         flat = scores.reshape(-1)
@@ -194,25 +215,21 @@ def safebeam_generate(
             break
         vocab = scores.shape[1]
         cands = [(live[i // vocab][0] + [i % vocab], float(flat[i])) for i in order.tolist()]
-        cand_logprobs = next_logprobs([prompt + toks for toks, _ in cands])
-        if tag_id is None:
-            risk = [0.0] * len(cands)
-        else:
-            risk = cand_logprobs[:, tag_id].exp().tolist()
+        logprobs = extend([toks for toks, _ in cands], [live_rows[i // vocab] for i in order.tolist()])
+        risk = [0.0] * len(cands) if tag_id is None else logprobs[:, tag_id].exp().tolist()
         keep = sorted(range(len(cands)), key=lambda j: (risk[j], -cands[j][1], j))[:num_beams]
         keep.sort(key=lambda j: (-cands[j][1], j))
-        live, rows = [], []
+        live, live_rows = [], []
         for j in keep:
             if eos_id is not None and cands[j][0][-1] == eos_id:
                 finished.append(cands[j])
             else:
                 live.append(cands[j])
-                rows.append(j)
+                live_rows.append(j)
         if not live:
             break
         if finished and max(sc for _, sc in finished) >= live[0][1]:
             break
-        logprobs = cand_logprobs[rows]
     if finished:
         return max(finished, key=lambda b: b[1])[0]  # max keeps the first of equal scores
     return live[0][0] if live else []
