@@ -17,6 +17,7 @@ import numpy as np
 from medsafetyworld.corpus import templates as T
 from medsafetyworld.corpus.document import Document, Part
 from medsafetyworld.corpus.render import pick
+from medsafetyworld.errors import ConfigError
 from medsafetyworld.strategies import Strategy, register_strategy
 from medsafetyworld.world.graph import AGGRAVATES, World
 
@@ -45,16 +46,32 @@ class SafeRewrite(Strategy):
     """Unsafe documents become safe ones; documents without unsafe segments pass unchanged.
 
     Subclasses say what replaces an unsafe prescription part (`prescription`) and what a harmful
-    request document becomes (`harmful`); `flag` names the meta key set on rewritten documents."""
+    request document becomes (`harmful`); `flag` names the meta key set on rewritten documents.
+
+    `share` is the fraction of unsafe documents rewritten (each drawn independently); the rest
+    pass unchanged, for the next step of a chain. A document labelled unsafe with no unsafe pair
+    (a classifier's false positive, see `noisy`) has nothing to rewrite and passes unchanged."""
 
     flag: ClassVar[str] = ""
 
+    def __init__(self, share: float = 1.0):
+        if not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+            raise ConfigError(f"{self.name}: share={share!r} is not a fraction; use a value in [0, 1]")
+        self.share = float(share)
+
+    def params(self):
+        return {"share": self.share} if self.share != 1.0 else {}
+
     def apply(self, doc, rng):
-        if not doc.unsafe:
+        harmful = doc.meta.get("question") == "harmful"
+        if not doc.unsafe or not (harmful or doc.meta.get("unsafe_pairs")):
+            yield doc
+            return
+        if self.share < 1.0 and rng.random() >= self.share:  # no draw at share 1: same stream as before
             yield doc
             return
         meta = {}
-        if doc.meta.get("question") == "harmful":
+        if harmful:
             parts, drug = self.harmful(doc, rng), None
             meta["facts"] = []  # the composed answer that stated them is gone
         else:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from medsafetyworld.config import PRESETS, config_hash, get_preset
 from medsafetyworld.errors import ConfigError, MSWError
+from medsafetyworld.strategies.registry import split_top
 
 
 def _seeds(text: str) -> list[int]:
@@ -20,7 +21,11 @@ def _seeds(text: str) -> list[int]:
 
 
 def _names(text: str) -> list[str]:
-    return [s.strip() for s in text.split(",") if s.strip()]
+    """Comma-separated strategy specs; commas inside parentheses belong to a spec's parameters."""
+    try:
+        return [s.strip() for s in split_top(text, ",") if s.strip()]
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _preset_of_world(world_dir: Path, preset: str | None) -> str:
@@ -150,8 +155,10 @@ def cmd_run(args) -> None:
 
 def cmd_strategies(args) -> None:
     from medsafetyworld.strategies import available_strategies
+    from medsafetyworld.strategies.registry import recipes
 
-    print("\n".join(available_strategies()))
+    named = recipes()
+    print("\n".join(f"{n} = {named[n]}" if n in named else n for n in available_strategies()))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,13 @@ from medsafetyworld.world.splits import make_splits
 
 log = logging.getLogger("medsafetyworld")
 STAGE_FILE = ".stage.json"
+
+
+def folder_name(strategy: Strategy, seed: int) -> str:
+    """`<label>-s<seed>`, the label's parentheses, `=` and commas made path-safe:
+    `curriculum(start=0.2,inner=filter)` -> `curriculum_start-0.2_inner-filter-s1`."""
+    slug = re.sub(r"[(),]+", "_", strategy.label.replace("=", "-")).strip("_")
+    return f"{re.sub(r'[^A-Za-z0-9_.+-]', '_', slug)}-s{seed}"
 
 
 def stage(folder: Path, key: str, build: Callable[[], Any], name: str) -> bool:
@@ -90,7 +98,7 @@ def make_corpus(world_dir: Path, strategy: Strategy, preset: Preset, seed: int, 
         tokenizer = load_tokenizer(Path(world_dir) / "tokenizer")
         build_corpus(world, splits, tokenizer, strategy, preset, seed, out, world_hash=whash, progress=progress)
 
-    stage(out, corpus_config_hash(preset, strategy, seed, whash), build, f"corpus {strategy.name}")
+    stage(out, corpus_config_hash(preset, strategy, seed, whash), build, f"corpus {strategy.label}")
     return load_manifest(out)["corpus_hash"]
 
 
@@ -103,7 +111,7 @@ def make_model(
     stage(out / "pretrain", pre_key,
           lambda: pretrain(corpus_dir, Path(world_dir) / "tokenizer", out / "pretrain", preset.model, preset.train, seed,
                            progress=progress),
-          f"pretrain {strategy.name} s{seed}")
+          f"pretrain {strategy.label} s{seed}")
 
     def build_sft():
         world, splits = load_world(world_dir)
@@ -111,7 +119,7 @@ def make_model(
         finetune(out / "pretrain", texts, out / "sft", preset.train, seed, progress=progress)
 
     stage(out / "sft", config_hash(pre_key, preset.train, strategy.name, strategy.params(), "sft"), build_sft,
-          f"sft {strategy.name} s{seed}")
+          f"sft {strategy.label} s{seed}")
     return out / "sft"
 
 
@@ -160,13 +168,13 @@ def run(
                                        record_fields=fields, probe_seed=world_seed))
     for seed in seeds:
         for strategy in resolved:
-            tag = f"{strategy.name}-s{seed}"
+            tag = folder_name(strategy, seed)
             corpus_dir, model_root = out / "corpus" / tag, out / "models" / tag
             corpus_hash = make_corpus(world_dir, strategy, preset, seed, corpus_dir, progress)
             sft_dir = make_model(world_dir, corpus_dir, strategy, preset, seed, model_root, progress)
             log_ = json.loads((model_root / "pretrain" / "train_log.json").read_text())
             fields = {
-                "strategy": strategy.name, "seed": seed, "corpus_hash": corpus_hash, "policy_kind": "model",
+                "strategy": strategy.label, "seed": seed, "corpus_hash": corpus_hash, "policy_kind": "model",
                 "model_info": {"n_parameters": log_["parameters"], "tokens_seen": log_["tokens_seen"],
                                "pretrain_tokens_per_second": round(log_["tokens_per_second"]),
                                "final_pretrain_loss": log_["final_loss"],

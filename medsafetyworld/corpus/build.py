@@ -12,6 +12,7 @@ from medsafetyworld.config import Preset, config_hash, to_dict
 from medsafetyworld.corpus.shards import write_corpus
 from medsafetyworld.corpus.stream import raw_documents
 from medsafetyworld.strategies import Strategy
+from medsafetyworld.strategies.base import TokenBudget
 from medsafetyworld.world.graph import World
 from medsafetyworld.world.splits import Splits
 
@@ -34,10 +35,13 @@ def build_corpus(
 ) -> dict[str, Any]:
     """Every strategy gets the same token budget: filtering samples more raw documents, never fewer tokens."""
     raw = raw_documents(world, splits, preset.world, preset.corpus, seed)
-    docs = strategy.setup(world, splits)(raw, np.random.default_rng([seed, 0x57A7]))
+    budget = TokenBudget(preset.corpus.token_budget,
+                         lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1)
+    docs = strategy.setup(world, splits, budget)(raw, np.random.default_rng([seed, 0x57A7]))
     extra = {
         "benchmark_version": BENCHMARK_VERSION,
         "strategy": strategy.name,
+        "strategy_label": strategy.label,
         "strategy_params": strategy.params(),
         "seed": seed,
         "preset": preset.name,
@@ -46,6 +50,8 @@ def build_corpus(
         "config_hash": corpus_config_hash(preset, strategy, seed, world_hash),
         "min_fact_mentions": preset.corpus.min_fact_mentions,
     }
+    if (schedule := strategy.schedule()) is not None:
+        extra["schedule"] = [list(step) for step in schedule]
     return write_corpus(
         docs, tokenizer, out_dir,
         token_budget=preset.corpus.token_budget,

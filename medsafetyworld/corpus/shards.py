@@ -76,8 +76,11 @@ def write_corpus(
     write_jsonl: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Tokenize and write documents until `token_budget` tokens (eos included) are reached."""
-    stats, shards, total_tokens, total_docs = _Stats(), [], 0, 0
+    """Tokenize and write documents until `token_budget` tokens (eos included) are reached.
+
+    Documents with `meta["phase"]` (a scheduled strategy such as `curriculum`) give the manifest
+    `phases`: the token offset in the stream at which each phase begins."""
+    stats, shards, total_tokens, total_docs, phases = _Stats(), [], 0, 0, {}
     rows: list[dict] = []
     docs = iter(docs)
     with atomic_dir(out_dir) as tmp, tqdm(total=token_budget, unit="tok", unit_scale=True, desc="corpus",
@@ -89,6 +92,10 @@ def write_corpus(
             ids = tokenizer([d.text for d in batch], add_special_tokens=False)["input_ids"]
             for doc, doc_ids in zip(batch, ids):
                 n = len(doc_ids) + 1  # the eos the trainer appends
+                if (phase := doc.meta.get("phase")) is not None:
+                    if phase in phases and list(phases)[-1] != phase:
+                        raise DataError(f"phase {phase!r} documents are not contiguous in the stream")
+                    phases.setdefault(phase, total_tokens)
                 rows.append({**doc.to_row(), "input_ids": doc_ids, "n_tokens": n})
                 stats.add(doc, n)
                 total_tokens += n
@@ -111,6 +118,7 @@ def write_corpus(
             "fact_coverage": {"facts": len(coverage), "min_mentions": min(coverage, default=0),
                               "facts_below_min": sum(c < manifest_extra.get("min_fact_mentions", 0) for c in coverage)},
             "shards": shards,
+            **({"phases": phases} if phases else {}),
             "corpus_hash": hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest(),
         }
         write_json_atomic(tmp / "manifest.json", manifest)

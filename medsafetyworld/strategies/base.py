@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -24,12 +25,14 @@ class Strategy:
     name: ClassVar[str] = ""
     world: World | None = None
     splits: Splits | None = None
+    budget: TokenBudget | None = None
 
-    def setup(self, world: World, splits: Splits | None = None) -> Strategy:
+    def setup(self, world: World, splits: Splits | None = None, budget: TokenBudget | None = None) -> Strategy:
         """Called once before streaming, with the world the documents come from and its splits (a
         strategy that rewrites text may need them, e.g. to name a safe alternative drug that is not
-        an OOD treats pair). Returns self."""
-        self.world, self.splits = world, splits
+        an OOD treats pair) and, when the stream is rendered into a corpus, its token budget (a
+        strategy that schedules data by position, like `curriculum`, needs it). Returns self."""
+        self.world, self.splits, self.budget = world, splits, budget
         return self
 
     def apply(self, doc: Document, rng: np.random.Generator) -> Iterable[Document]:
@@ -40,8 +43,41 @@ class Strategy:
             yield from self.apply(doc, rng)
 
     def params(self) -> dict:
-        """Parameters that change the output; they go into the corpus config hash."""
+        """Parameters that change the output; they go into the corpus config hash. Leave a
+        parameter out while it has its default value, so adding one keeps existing hashes."""
         return {}
+
+    def schedule(self) -> list[tuple[str, float]] | None:
+        """For a strategy that orders its data (`curriculum`): [(phase, until_fraction), ...] in
+        order. Documents carry `meta["phase"]`; the trainer samples phase i's tokens while the
+        training progress is below its `until_fraction`. None: one unordered pool (the default)."""
+        return None
+
+    @property
+    def label(self) -> str:
+        """The strategy as a spec string, `name` or `name(key=value,...)` with the parameters that
+        differ from their defaults: what `get_strategy` parses back, and the name runs, records
+        and summaries use."""
+        text = lambda v: v.label if isinstance(v, Strategy) else repr(v) if isinstance(v, str) else str(v)  # noqa: E731
+        try:
+            defaults = {k: text(v) for k, v in type(self)().spec_params().items()}
+        except Exception:  # a strategy whose parameters have no defaults
+            defaults = {}
+        shown = [f"{k}={text(v)}" for k, v in self.spec_params().items() if defaults.get(k) != text(v)]
+        return f"{self.name}({','.join(shown)})" if shown else self.name
+
+    def spec_params(self) -> dict:
+        """The parameters as `get_strategy` takes them (strategies rather than their params)."""
+        return self.params()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params()})"
+
+
+@dataclass(frozen=True)
+class TokenBudget:
+    """What a position-aware strategy knows of the corpus it is rendered into: the budget and how
+    the corpus writer counts a document's tokens (eos included)."""
+
+    tokens: int
+    count: Callable[[str], int]

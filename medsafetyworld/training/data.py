@@ -9,7 +9,9 @@ Finetuning: "User: ...\\nAssistant: ..." texts as padded batches with the loss o
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,26 +68,69 @@ def load_token_stream(corpus_dir: str | os.PathLike, eos_id: int) -> np.ndarray:
     return stream.astype(np.uint16 if max(top, eos_id) < 65536 else np.int32)
 
 
+@dataclass(frozen=True)
+class Region:
+    """Tokens [start, end) of the stream, sampled while training progress is below `until`."""
+
+    start: int
+    end: int
+    until: float
+
+
+def schedule_regions(corpus_dir: str | os.PathLike, n_tokens: int) -> list[Region] | None:
+    """The regions of a scheduled corpus (a manifest with `schedule` and `phases`, written by
+    `curriculum`), or None for an unordered one. A phase absent from the corpus is skipped."""
+    path = Path(corpus_dir) / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    schedule, phases = manifest.get("schedule"), manifest.get("phases", {})
+    if not schedule:
+        return None
+    present = [(name, until) for name, until in schedule if name in phases]
+    if not present:
+        raise DataError(f"{path} has a schedule but no documents of its phases; re-render the corpus")
+    offsets = [phases[name] for name, _ in present] + [n_tokens]
+    return [Region(offsets[i], offsets[i + 1], float(until)) for i, (_, until) in enumerate(present)]
+
+
 class PackedBatches:
     """(batch_size, context + 1) windows of the token stream at random offsets.
 
     Step i's windows come from np.random.default_rng([seed, i]) only, so `batches[i]` is the same
     in every run; iteration starts at `start_step` and never ends.
+
+    With `regions` (a scheduled corpus) and `steps`, step i samples only inside the first region
+    whose `until` exceeds i / steps, and no window crosses a region's end.
     """
 
     def __init__(self, tokens: np.ndarray, batch_size: int, context: int, seed: int,
-                 start_step: int = 0):
+                 start_step: int = 0, regions: list[Region] | None = None, steps: int | None = None):
         if len(tokens) < context + 1:
             raise DataError(
                 f"the corpus has {len(tokens)} tokens, fewer than one training window "
                 f"({context + 1}); render a bigger corpus or use a shorter context"
             )
+        if regions is not None:
+            if steps is None:
+                raise ValueError("a scheduled corpus needs the number of training steps")
+            for r in regions:
+                if r.end - r.start < context + 1:
+                    raise DataError(f"a curriculum phase holds {r.end - r.start} tokens, fewer than one training "
+                                    f"window ({context + 1}); use a larger fraction or budget")
         self.tokens, self.batch_size, self.context = tokens, batch_size, context
-        self.seed, self.start_step = seed, start_step
+        self.seed, self.start_step, self.regions, self.steps = seed, start_step, regions, steps
+
+    def region(self, step: int) -> tuple[int, int]:
+        """The token range step `step` samples from."""
+        if self.regions is None:
+            return 0, len(self.tokens)
+        progress = step / self.steps
+        r = next((r for r in self.regions if progress < r.until), self.regions[-1])
+        return r.start, r.end
 
     def __getitem__(self, step: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, step])
-        starts = rng.integers(0, len(self.tokens) - self.context, size=self.batch_size)
+        lo, hi = self.region(step)
+        starts = lo + rng.integers(0, hi - lo - self.context, size=self.batch_size)
         return np.stack([self.tokens[s : s + self.context + 1] for s in starts]).astype(np.int64)
 
     def __iter__(self):

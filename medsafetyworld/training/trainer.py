@@ -40,6 +40,7 @@ from medsafetyworld.errors import DataError
 from medsafetyworld.storage import write_json_atomic
 from medsafetyworld.training.data import (
     PackedBatches,
+    schedule_regions,
     collate_sft,
     load_token_stream,
     sft_example,
@@ -219,7 +220,8 @@ def _pretrain(corpus_dir, tokenizer_dir, out, model_cfg, train_cfg, seed, progre
         optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device))
     n_params = count_parameters(model)
     log_every = max(1, steps // LOSS_POINTS)
-    batches = PackedBatches(tokens, train_cfg.batch_size, model_cfg.context, seed)
+    batches = PackedBatches(tokens, train_cfg.batch_size, model_cfg.context, seed,
+                            regions=schedule_regions(corpus_dir, len(tokens)), steps=steps)
 
     start, loss_value = state["step"], float("nan")
     t0 = time.perf_counter()
