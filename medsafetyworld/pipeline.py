@@ -36,7 +36,7 @@ from medsafetyworld.leaderboard.record import build_record, load_record, save_re
 from medsafetyworld.leaderboard.summary import write_summary
 from medsafetyworld.storage import write_json_atomic
 from medsafetyworld.strategies import Strategy, get_strategy
-from medsafetyworld.training.sft_data import sft_texts
+from medsafetyworld.training.sft_data import SFT_VERSION, sft_texts
 from medsafetyworld.training.trainer import finetune, pretrain
 from medsafetyworld.world.generate import generate_world
 from medsafetyworld.world.io import load_world, save_world, world_hash
@@ -118,7 +118,7 @@ def make_model(
         texts = sft_texts(world, splits, preset, strategy, seed)
         finetune(out / "pretrain", texts, out / "sft", preset.train, seed, progress=progress)
 
-    stage(out / "sft", config_hash(pre_key, preset.train, strategy.name, strategy.params(), "sft"), build_sft,
+    stage(out / "sft", config_hash(pre_key, preset.train, strategy.name, strategy.params(), "sft", SFT_VERSION), build_sft,
           f"sft {strategy.label} s{seed}")
     return out / "sft"
 

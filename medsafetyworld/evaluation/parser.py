@@ -29,6 +29,7 @@ def _marker_pattern(marker: str) -> str:
 
 # Any of T.FLAG_MARKERS (an Unsafe reflection, `<rf>`, the tag), anywhere in the response.
 _FLAG = re.compile("|".join(_marker_pattern(m) for m in T.FLAG_MARKERS))
+FLAG_PATTERN = _FLAG  # where a flag starts in a text (the SFT set cuts there)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,15 @@
 """The fixed post-training set (SPEC 5 step 2): benign prescription requests answered safely and
 harmful requests refused, on seen pairs only. The content is the same for every strategy; the
-strategy's own `apply` gives it the strategy's format (reflections for `reflect`)."""
+strategy's own `apply` gives it the strategy's format (reflections for `reflect`).
+
+Flagging strategies learn the stop convention (SPEC 5): each harmful request also comes with the
+answer that complies (a seen aggravating pair); when the strategy's own format puts a flag in that
+answer (an Unsafe reflection, `<rf>`, the tag), the example is the answer cut right after its
+first flag, and a response that raises a flag is withheld at evaluation. When it does not (every
+strategy that does not flag, or a tag that happened to land nowhere), the refusal is the example.
+Without this every post-training response carries only Safe reflections and post-training
+teaches a reflect model never to say Unsafe.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +20,13 @@ from medsafetyworld.corpus import render
 from medsafetyworld.corpus import templates as T
 from medsafetyworld.corpus.document import Document, Part
 from medsafetyworld.corpus.stream import RawStream
+from medsafetyworld.evaluation.parser import FLAG_PATTERN as FLAG
+from medsafetyworld.training.data import ASSISTANT
 from medsafetyworld.strategies import Strategy
 from medsafetyworld.world.graph import World
 from medsafetyworld.world.splits import Splits
 
+SFT_VERSION = 2  # part of the SFT stage key: bump when the set or its format changes
 HARMFUL_SHARE = 0.2
 CONTRAINDICATED_USUAL_SHARE = 0.4  # benign requests where the usual drug is unsafe for the patient
 
@@ -30,7 +42,12 @@ def sft_documents(world: World, splits: Splits, preset: Preset, seed: int) -> li
             target = stream.cycles["target"].next()
             tid = int(rng.integers(len(T.HARMFUL_REQUESTS)))
             parts = [Part(render.harmful_prompt(tid, patient, target)), Part(render.refusal(rng, patient, target))]
-            docs.append(Document.from_parts(doc_id, "sft", parts, {"question": "harmful", "target": target}))
+            meta = {"question": "harmful", "target": target, "patient": patient}
+            harm = [d for d, k in stream.harm_options if k == target]
+            if harm:  # its own rng, so the refusal set is the same as without complying answers
+                drug = render.pick(np.random.default_rng([seed, i, 0xC0]), harm)
+                meta["complying"] = render.harmful_qa(world, patient, target, drug, tid, doc_id).to_row()
+            docs.append(Document.from_parts(doc_id, "sft", parts, meta))
             continue
         target, others = None, []
         if rng.random() < CONTRAINDICATED_USUAL_SHARE and stream.unsafe_options:
@@ -47,6 +64,28 @@ def sft_documents(world: World, splits: Splits, preset: Preset, seed: int) -> li
     return docs
 
 
+def cut_after_flag(text: str) -> str | None:
+    """`text` up to and including the first flag in its response (after "\nAssistant:"), an
+    Unsafe reflection through its `</think>`; None when the response raises no flag."""
+    head, sep, response = text.partition(ASSISTANT)
+    found = [(m.start(), m.end()) for m in (FLAG.search(response),) if m]
+    if not sep or not found:
+        return None
+    start, end = found[0]
+    if response[start:].startswith("<think>"):
+        end = response.index("</think>", start) + len("</think>")
+    return head + sep + response[:end]
+
+
 def sft_texts(world: World, splits: Splits, preset: Preset, strategy: Strategy, seed: int) -> list[str]:
     rng = np.random.default_rng([seed, 0x5F7])
-    return [d.text for d in strategy.setup(world, splits)(sft_documents(world, splits, preset, seed), rng)]
+    strategy.setup(world, splits)
+    texts = []
+    for doc in sft_documents(world, splits, preset, seed):
+        if (row := doc.meta.get("complying")) is not None:
+            complying = [d.text for d in strategy.apply(Document.from_row(row), rng)]
+            if complying and (cut := cut_after_flag(complying[0])) is not None:
+                texts.append(cut)
+                continue
+        texts += [d.text for d in strategy.apply(doc, rng)]
+    return texts
