@@ -3,6 +3,9 @@
 One row per strategy (reference policies included, as `ref:<name>`). With one seed a cell is the
 metric's value and its 95% bootstrap interval over probes; with several seeds it is the mean and
 the sample standard deviation (ddof=1) across seeds, and the interval columns hold mean ± std.
+When the per-probe tables are at hand, every trained strategy is also compared with `raw` on the
+same probes (stats.py: paired bootstrap, Holm per metric): significance.csv and a section of
+summary.md that lists the differences that are significant.
 """
 
 from __future__ import annotations
@@ -262,8 +265,51 @@ def plot_pareto(table: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def write_summary(records: Sequence[Mapping[str, Any]], out_dir: Path | str) -> dict[str, Path]:
-    """Write summary.csv, summary.md and pareto.png atomically into out_dir; return their paths."""
+def significance_markdown(comparison: pd.DataFrame | None, note: str, baseline: str = "raw") -> str:
+    """The summary.md section on differences vs the baseline: the significant ones, or why none."""
+    lines = [f"## Differences vs `{baseline}`", ""]
+    if comparison is None:
+        return "\n".join(lines + [f"Nothing to compare: {note}.", ""])
+    significant = comparison[comparison["significant"]]
+    order = {m: i for i, m in enumerate(READING_ORDER)}
+    significant = significant.sort_values("metric", key=lambda s: s.map(lambda m: order.get(m, len(order))),
+                                          kind="stable")
+    lines.append(
+        f"Paired bootstrap over the same probes ({comparison['n_boot'].max()} resamples; a strategy's seeds "
+        "averaged within each resample): "
+        f"difference = strategy − `{baseline}`, its 95% interval, and p Holm-corrected over the strategies "
+        f"compared on each metric. Listed: the {len(significant)} of {len(comparison)} differences that are "
+        "significant (interval excludes 0 and Holm p < 0.05); every one is in significance.csv."
+    )
+    if note:
+        lines += ["", note[0].upper() + note[1:] + "."]
+    if len(significant):
+        lines += ["", f"| metric | strategy | `{baseline}` | strategy | difference [95% interval] | p (Holm) | |",
+                  "|---|---|---:|---:|---:|---:|---|"]
+        for _, r in significant.iterrows():
+            lines.append(
+                f"| {_header(r['metric'])} | `{r['strategy']}` | {r['value_baseline']:.3f} | {r['value']:.3f} | "
+                f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['p_holm']:.3g} | {r['direction']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(
+    records: Sequence[Mapping[str, Any]],
+    out_dir: Path | str,
+    *,
+    probes: Mapping[tuple[str, int], Any] | None = None,
+    baseline: str = "raw",
+) -> dict[str, Path]:
+    """Write summary.csv, summary.md and pareto.png atomically into out_dir; return their paths.
+
+    probes maps (strategy, seed) to a per-probe table or its path; by default they are looked for
+    next to the records under out_dir/results (a run folder). Where the baseline and another
+    trained strategy both have theirs, significance.csv is written too (compare_to_baseline) and
+    summary.md lists the significant differences; otherwise summary.md says why nothing was compared.
+    """
+    from medsafetyworld.leaderboard import stats  # it builds on this module's grouping of records
+
     out_dir = Path(out_dir)
     table = summarize(records)
     paths = {
@@ -271,7 +317,15 @@ def write_summary(records: Sequence[Mapping[str, Any]], out_dir: Path | str) -> 
         "md": out_dir / "summary.md",
         "png": out_dir / "pareto.png",
     }
+    try:
+        comparison, note = stats.significance(
+            records, stats.locate_probes(records, out_dir) if probes is None else probes, baseline)
+    except DataError as e:  # the leaderboard stands without the comparison; say why it is missing
+        comparison, note = None, str(e).rstrip(".")
     atomic_write(paths["csv"], table.to_csv(index=False))
-    atomic_write(paths["md"], to_markdown(table))
+    atomic_write(paths["md"], to_markdown(table) + "\n" + significance_markdown(comparison, note, baseline))
     atomic_write(paths["png"], plot_pareto(table))
+    if comparison is not None:
+        paths["significance"] = out_dir / "significance.csv"
+        atomic_write(paths["significance"], comparison.to_csv(index=False))
     return paths
