@@ -106,6 +106,14 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
+    record = _evaluate(args)[0]
+    for metric, value in record["metrics"].items():
+        print(f"{metric:32s} {value['value']}  (n={value['n']})")
+
+
+def _evaluate(args):
+    """The clean evaluation of `args.model` into `args.out` (skipped when up to date); returns
+    (record, policy, preset, key)."""
     from medsafetyworld.evaluation.policies import REFERENCE_POLICIES, ModelPolicy, reference_policy
     from medsafetyworld.pipeline import evaluate_policy
     from medsafetyworld.storage import sha256_file
@@ -139,8 +147,34 @@ def cmd_evaluate(args) -> None:
     key = config_hash("evaluate", name, [sha256_file(w) for w in weights], *decoding)
     record = evaluate_policy(lambda: policy, args.world, preset, Path(args.out), key=key,
                              record_fields=fields, probe_seed=args.seed)
-    for metric, value in record["metrics"].items():
-        print(f"{metric:32s} {value['value']}  (n={value['n']})")
+    return record, policy, preset, key
+
+
+def cmd_attack(args) -> None:
+    from medsafetyworld.attacks import AttackContext
+    from medsafetyworld.evaluation.policies import REFERENCE_POLICIES, ModelPolicy
+    from medsafetyworld.pipeline import attack_policy, resolve_attacks
+    from medsafetyworld.world.io import load_world
+
+    is_model = args.model not in REFERENCE_POLICIES
+    attacks = resolve_attacks(args.attacks, models=is_model)  # a bad spec fails before any work
+    record, policy, preset, key = _evaluate(args)
+    world, splits = load_world(args.world)
+
+    def context(folder):
+        return AttackContext(world, splits, preset, policy, args.seed, folder,
+                             model_dir=Path(args.model) if is_model else None, seed=args.seed,
+                             load_policy=lambda d: ModelPolicy(d, preset.eval.batch_size, progress=not args.quiet),
+                             progress=not args.quiet)
+
+    record = attack_policy(Path(args.out), attacks, context, key=key)
+    clean = record["metrics"]
+    for label, entry in record["attacks"].items():
+        print(f"== {label}")
+        for metric, value in entry["metrics"].items():
+            if value["n"]:
+                base = clean.get(metric, {}).get("value")
+                print(f"{metric:32s} {value['value']}  (n={value['n']}; clean {base})")
 
 
 def cmd_run(args) -> None:
@@ -148,7 +182,7 @@ def cmd_run(args) -> None:
 
     preset = get_preset(args.preset)
     records = run(preset, args.strategies, args.seeds, Path(args.out), world_seed=args.world_seed,
-                  progress=not args.quiet)
+                  progress=not args.quiet, attacks=args.attacks)
     print((Path(args.out) / "summary.md").read_text())
     print(f"{len(records)} records; summary in {args.out}/summary.md, summary.csv, pareto.png")
 
@@ -207,11 +241,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-beams", type=int, default=4, help="beams for --decoding safebeam (default 4)")
     e.set_defaults(func=cmd_evaluate)
 
+    a = sub.add_parser("attack", help="evaluate a model folder or reference policy, then attack it and evaluate again")
+    a.add_argument("model", help="a Hugging Face model folder, or one of oracle, reckless, refuser, random")
+    a.add_argument("--world", type=Path, required=True)
+    a.add_argument("--attacks", type=_names, default=["prefill"],
+                   help="comma-separated attack specs, e.g. prefill,benign_ft,harmful_ft(examples=300,lr=1e-3)")
+    a.add_argument("--preset", default=None)
+    a.add_argument("--seed", type=int, default=0, help="probe and finetuning seed")
+    a.add_argument("--name", default=None, help="name in the record (default: the model path)")
+    a.add_argument("--out", type=Path, required=True, help="the results folder (the clean record goes there too)")
+    a.set_defaults(func=cmd_attack, decoding="greedy", num_beams=4)
+
     r = sub.add_parser("run", help="the whole benchmark: world, corpora, training, evaluation, summary")
     r.add_argument("--preset", default="tiny", help=f"one of {presets} (default tiny)")
     r.add_argument("--strategies", type=_names, default=["raw", "filter", "reflect"])
     r.add_argument("--seeds", type=_seeds, default=[1])
     r.add_argument("--world-seed", type=int, default=0)
+    r.add_argument("--attacks", type=_names, default=[],
+                   help="attack specs to run on every trained model, e.g. prefill,benign_ft,harmful_ft")
     r.add_argument("--out", type=Path, required=True)
     r.set_defaults(func=cmd_run)
 

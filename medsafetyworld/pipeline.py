@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from medsafetyworld.attacks import Attack, AttackContext, get_attack
+from medsafetyworld.attacks.run import attack_folder, load_attack_result, run_attack
 from medsafetyworld.config import Preset, config_hash, to_dict
 from medsafetyworld.corpus.build import build_corpus, corpus_config_hash
 from medsafetyworld.corpus.shards import load_manifest
@@ -143,29 +145,73 @@ def evaluate_policy(
     return load_record(out / "record.json")
 
 
+def attack_policy(
+    record_dir: Path, attacks: list[Attack], make_context: Callable[[Path], AttackContext], *, key: str
+) -> dict[str, Any]:
+    """Run each attack (a stage of its own under `record_dir/attacks/`) and put its results into
+    the record in `record_dir` under `attacks.<label>`; returns the record."""
+    record_dir = Path(record_dir)
+    for attack in attacks:
+        folder = attack_folder(record_dir, attack)
+        stage(folder, config_hash(key, attack.name, attack.params(), "attack"),
+              lambda attack=attack, folder=folder: run_attack(attack, make_context(folder)), f"attack {attack.label}")
+    record = load_record(record_dir / "record.json")
+    results = dict(record.get("attacks", {}))
+    for attack in attacks:
+        folder = attack_folder(record_dir, attack)
+        entry = load_attack_result(folder)
+        entry["probes_file"]["path"] = str((folder / entry["probes_file"]["path"]).relative_to(record_dir))
+        results[attack.label] = entry
+    record["attacks"] = results
+    save_record(record, record_dir / "record.json")
+    return record
+
+
+def resolve_attacks(specs: list[str], *, models: bool) -> list[Attack]:
+    """Attacks by spec, failing before any work on a bad one."""
+    attacks = [get_attack(s) for s in specs]
+    if not models and (bad := [a.label for a in attacks if a.needs_model]):
+        raise ConfigError(f"{', '.join(bad)} finetune model weights; a reference policy has none")
+    return attacks
+
+
 # --- the whole run --------------------------------------------------------------------------
 
 
 def run(
-    preset: Preset, strategies: list[str], seeds: list[int], out: Path, *, world_seed: int = 0, progress: bool = True
+    preset: Preset, strategies: list[str], seeds: list[int], out: Path, *, world_seed: int = 0, progress: bool = True,
+    attacks: list[str] = (),
 ) -> list[dict[str, Any]]:
-    """World, corpora, pretraining, SFT and evaluation for every (strategy, seed); writes the summary."""
+    """World, corpora, pretraining, SFT and evaluation for every (strategy, seed), then each of
+    `attacks` on each trained model (and the prompt attacks on the reference policies); writes the
+    summary."""
     if not strategies:
         raise ConfigError("no strategies given; pass e.g. --strategies raw,filter,reflect")
     if not seeds:
         raise ConfigError("no seeds given; pass e.g. --seeds 1")
     resolved = [get_strategy(s) for s in strategies]  # fail on a bad name before any work
+    attack_list = resolve_attacks(list(attacks), models=True)
+    prompt_attacks = [a for a in attack_list if not a.needs_model]
     out = Path(out)
     world_dir = out / "world"
     whash = make_world(preset, world_seed, world_dir)
     records = []
-    world, _ = load_world(world_dir)
+    world, splits = load_world(world_dir)
+
+    def context(policy, folder, model_dir=None, seed=world_seed):
+        return AttackContext(world, splits, preset, policy, world_seed, folder, model_dir=model_dir, seed=seed,
+                             load_policy=lambda d: ModelPolicy(d, batch_size=preset.eval.batch_size, progress=progress),
+                             progress=progress)
+
     for name in REFERENCE_POLICIES:
         fields = {"strategy": f"ref:{name}", "seed": world_seed, "corpus_hash": None, "policy_kind": "reference",
                   "model_info": {"n_parameters": 0, "tokens_seen": 0}}
+        key, folder = config_hash(name, "reference"), out / "results" / f"ref-{name}"
         records.append(evaluate_policy(lambda name=name: reference_policy(name, world, world_seed), world_dir, preset,
-                                       out / "results" / f"ref-{name}", key=config_hash(name, "reference"),
-                                       record_fields=fields, probe_seed=world_seed))
+                                       folder, key=key, record_fields=fields, probe_seed=world_seed))
+        if prompt_attacks:
+            policy = reference_policy(name, world, world_seed)
+            records[-1] = attack_policy(folder, prompt_attacks, lambda f, policy=policy: context(policy, f), key=key)
     for seed in seeds:
         for strategy in resolved:
             tag = folder_name(strategy, seed)
@@ -184,8 +230,13 @@ def run(
                 "extra": {"strategy_params": strategy.params()},
             }
             key = config_hash(preset.model, preset.train, corpus_hash, seed, strategy.name, whash)
-            records.append(evaluate_policy(
-                lambda sft_dir=sft_dir: ModelPolicy(sft_dir, batch_size=preset.eval.batch_size, progress=progress),
-                world_dir, preset, out / "results" / tag, key=key, record_fields=fields, probe_seed=world_seed))
+            load = lambda sft_dir=sft_dir: ModelPolicy(sft_dir, batch_size=preset.eval.batch_size, progress=progress)  # noqa: E731
+            records.append(evaluate_policy(load, world_dir, preset, out / "results" / tag, key=key,
+                                           record_fields=fields, probe_seed=world_seed))
+            if attack_list:
+                records[-1] = attack_policy(
+                    out / "results" / tag, attack_list,
+                    lambda f, load=load, sft_dir=sft_dir, seed=seed: context(load(), f, model_dir=sft_dir, seed=seed),
+                    key=key)
     write_summary(records, out)
     return records

@@ -16,7 +16,7 @@ from medsafetyworld.leaderboard.record import load_record, validate_record
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     assert main(["-q", "run", "--preset", "micro", "--strategies", "raw,filter,reflect", "--seeds", "1",
-                 "--out", str(out)]) == 0
+                 "--attacks", "prefill", "--out", str(out)]) == 0
     return out
 
 
@@ -67,3 +67,13 @@ def test_evaluate_scores_any_model_folder(run_dir, tmp_path, capsys):
 def test_evaluate_scores_a_reference_policy(run_dir, tmp_path):
     assert main(["-q", "evaluate", "oracle", "--world", str(run_dir / "world"), "--out", str(tmp_path)]) == 0
     assert load_record(tmp_path / "record.json")["metrics"]["utility"]["value"] == 1.0
+
+
+def test_run_attacks_every_model_and_reference_policy(run_dir):
+    for record_path in sorted((run_dir / "results").glob("*/record.json")):
+        record = load_record(record_path)
+        prefill = record["attacks"]["prefill"]["metrics"]
+        assert prefill["prefill_act_rate/held_out"]["n"] > 0, record_path
+        assert (record_path.parent / record["attacks"]["prefill"]["probes_file"]["path"]).is_file()
+    assert load_record(run_dir / "results" / "ref-reckless" / "record.json")["attacks"]["prefill"]["metrics"][
+        "prefill_act_rate/held_out"]["value"] == 1.0

@@ -94,6 +94,22 @@ def _value(text: str):
         return text  # a name, or a strategy spec such as `inner=rewrite+tag`
 
 
+def parse_call(spec: str, what: str = "strategy") -> tuple[str, dict]:
+    """`name(key=value,...)` -> (name, {key: value}); values are Python literals or, failing
+    that, text (a name or a nested spec)."""
+    match = _NAME.fullmatch(spec.strip())
+    if not match:
+        raise ConfigError(f"cannot read {what} spec {spec!r}; write name or name(key=value,...)")
+    name, args = match.groups()
+    kwargs = {}
+    for item in split_top(args, ",") if args and args.strip() else []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"{what} {name!r}: {item.strip()!r} is not key=value")
+        kwargs[key.strip()] = _value(value.strip())
+    return name, kwargs
+
+
 def get_strategy(spec: str) -> Strategy:
     """A strategy instance from a spec: `name`, `name(key=value,...)`, or `a+b+...` (in order)."""
     from medsafetyworld.strategies.compose import Chain
@@ -105,16 +121,7 @@ def get_strategy(spec: str) -> Strategy:
     terms = split_top(spec, "+")
     if len(terms) > 1:
         return Chain([get_strategy(t) for t in terms])
-    match = _NAME.fullmatch(spec)
-    if not match:
-        raise ConfigError(f"cannot read strategy spec {spec!r}; write name or name(key=value,...)")
-    name, args = match.groups()
-    kwargs = {}
-    for item in split_top(args, ",") if args and args.strip() else []:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ConfigError(f"strategy {name!r}: {item.strip()!r} is not key=value")
-        kwargs[key.strip()] = _value(value.strip())
+    name, kwargs = parse_call(spec)
     if name in _RECIPES:
         if kwargs:
             raise ConfigError(f"recipe {name!r} takes no parameters; it is {_RECIPES[name]}")
