@@ -3,6 +3,6 @@
 `attacks.<label>`."""
 
 from medsafetyworld.attacks.base import Attack, AttackContext, available_attacks, get_attack, register_attack
-from medsafetyworld.attacks import finetune, prefill  # noqa: F401,E402  (registers them)
+from medsafetyworld.attacks import finetune, prefill, suffix  # noqa: F401,E402  (registers them)
 
 __all__ = ["Attack", "AttackContext", "available_attacks", "get_attack", "register_attack"]

@@ -52,6 +52,11 @@ class Attack:
         """The policy to evaluate and the probes to ask it, given the clean probe set."""
         raise NotImplementedError
 
+    def details(self) -> dict | None:
+        """What the last `attacked` call found that the record entry should keep besides metrics
+        (e.g. a searched suffix): a JSON-ready object, or None for nothing."""
+        return None
+
     def extra_metrics(self, df, n_boot: int, seed: int) -> dict:
         """Attack-specific metrics (name -> MetricValue) on the attacked probe table."""
         return {}

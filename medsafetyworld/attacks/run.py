@@ -38,6 +38,8 @@ def run_attack(attack: Attack, ctx: AttackContext) -> dict[str, Any]:
         "metrics": {k: v.to_dict() for k, v in metrics.items()},
         "probes_file": {"path": path.name, "sha256": sha256_file(path)},
     }
+    if (details := attack.details()) is not None:
+        entry["details"] = details
     write_json_atomic(Path(ctx.out_dir) / RESULT_FILE, entry)
     return entry
 
