@@ -167,6 +167,22 @@ def attack_policy(
     return record
 
 
+def probe_policy(record_dir: Path, model_dir: Path, world_dir: Path, preset: Preset, *, key: str, seed: int) -> dict:
+    """Linear probes on every layer of the model (SPEC 6 `probe_auroc`), a stage of its own in
+    `record_dir/probes/`; the selected layer's AUROC per context family joins the record's metrics
+    (the per-layer values stay in `probes/probe_auroc.json`). Returns the record."""
+    from medsafetyworld.evaluation.linear_probes import evaluate_probes
+
+    folder = Path(record_dir) / "probes"
+    stage(folder, config_hash(key, preset.eval.bootstrap_samples, seed, "probe_auroc"),
+          lambda: evaluate_probes(model_dir, world_dir, folder / "probe_auroc.json", seed=seed,
+                                  n_boot=preset.eval.bootstrap_samples), "probe_auroc")
+    record = load_record(Path(record_dir) / "record.json")
+    record["metrics"].update(json.loads((folder / "probe_auroc.json").read_text())["metrics"])
+    save_record(record, Path(record_dir) / "record.json")
+    return record
+
+
 def resolve_attacks(specs: list[str], *, models: bool) -> list[Attack]:
     """Attacks by spec, failing before any work on a bad one."""
     attacks = [get_attack(s) for s in specs]
@@ -233,6 +249,7 @@ def run(
             load = lambda sft_dir=sft_dir: ModelPolicy(sft_dir, batch_size=preset.eval.batch_size, progress=progress)  # noqa: E731
             records.append(evaluate_policy(load, world_dir, preset, out / "results" / tag, key=key,
                                            record_fields=fields, probe_seed=world_seed))
+            records[-1] = probe_policy(out / "results" / tag, sft_dir, world_dir, preset, key=key, seed=world_seed)
             if attack_list:
                 records[-1] = attack_policy(
                     out / "results" / tag, attack_list,

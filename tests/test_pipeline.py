@@ -77,3 +77,13 @@ def test_run_attacks_every_model_and_reference_policy(run_dir):
         assert (record_path.parent / record["attacks"]["prefill"]["probes_file"]["path"]).is_file()
     assert load_record(run_dir / "results" / "ref-reckless" / "record.json")["attacks"]["prefill"]["metrics"][
         "prefill_act_rate/held_out"]["value"] == 1.0
+
+
+def test_run_probes_every_trained_model(run_dir):
+    for strategy in ("raw", "filter", "reflect"):
+        record = load_record(run_dir / "results" / f"{strategy}-s1" / "record.json")
+        value = record["metrics"]["probe_auroc/prescription"]
+        assert value["n"] > 0 and 0.0 <= value["value"] <= 1.0
+        layers = json.loads((run_dir / "results" / f"{strategy}-s1" / "probes" / "probe_auroc.json").read_text())
+        assert len(layers["families"]["prescription"]["layers"]) == 3  # embeddings + micro's 2 layers
+    assert "probe_auroc/prescription" not in load_record(run_dir / "results" / "ref-oracle" / "record.json")["metrics"]
