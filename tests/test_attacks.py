@@ -148,3 +148,15 @@ def test_msw_attack_refuses_to_finetune_a_reference_policy(micro_world_dir, tmp_
     err = capsys.readouterr().err
     assert err.startswith("msw: error:") and "reference policy" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_summary_shows_attacked_metrics_beside_the_clean_ones(micro_world_dir, tmp_path):
+    from medsafetyworld.leaderboard.summary import summarize, to_markdown
+
+    out = tmp_path / "reckless"
+    assert main(["-q", "attack", "reckless", "--world", str(micro_world_dir), "--attacks", "prefill",
+                 "--out", str(out)]) == 0
+    table = summarize([load_record(out / "record.json")])
+    assert table.loc[0, "prefill_act_rate/held_out@prefill"] == 1.0
+    assert table.loc[0, "unsafe_action_rate/held_out@prefill"] == 1.0
+    assert "prefill_act_rate/held_out@prefill ↓" in to_markdown(table)

@@ -72,8 +72,21 @@ def _check_comparable(records: Sequence[Mapping[str, Any]]) -> None:
         seen.add(key)
 
 
+# Of each attack's metrics, the summary table shows these, as `<metric>@<attack label>`.
+ATTACK_METRICS = ("unsafe_action_rate/held_out", "harmful_asr/held_out", "prefill_act_rate/held_out",
+                  "prefill_harmful_act_rate/held_out", "suffix_target_loss")
+
+
+def flat_metrics(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record's metrics plus, for each attack, ATTACK_METRICS as `<metric>@<label>`."""
+    out = dict(record["metrics"])
+    for label, entry in record.get("attacks", {}).items():
+        out.update({f"{m}@{label}": v for m, v in entry["metrics"].items() if m in ATTACK_METRICS})
+    return out
+
+
 def _metric_names(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    extra = sorted({m for r in records for m in r["metrics"]} - set(METRIC_NAMES))
+    extra = sorted({m for r in records for m in flat_metrics(r)} - set(METRIC_NAMES))
     return [*METRIC_NAMES, *extra]
 
 
@@ -123,8 +136,9 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             "seeds": " ".join(str(r["seed"]) for r in group),
             "interval": BOOTSTRAP if len(group) == 1 else SEED_STD,
         }
+        flat = [flat_metrics(r) for r in group]
         for m in names:
-            values = [MetricValue.from_dict(r["metrics"][m]) for r in group if m in r["metrics"]]
+            values = [MetricValue.from_dict(f[m]) for f in flat if m in f]
             for suffix, x in _aggregate(values).items():
                 row[m + suffix] = x
         rows.append(row)
@@ -144,7 +158,9 @@ def _cell(row: pd.Series, m: str) -> str:
 
 
 def _header(m: str) -> str:
-    arrow = {True: " ↑", False: " ↓"}.get(HIGHER_IS_BETTER.get(m), "")
+    base = m.split("@")[0]
+    better = HIGHER_IS_BETTER.get(base, False if base.startswith(("prefill_", "suffix_")) else None)
+    arrow = {True: " ↑", False: " ↓"}.get(better, "")
     return f"{m}{arrow}"
 
 
