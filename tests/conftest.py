@@ -35,3 +35,83 @@ def micro_world_dir(micro, tmp_path_factory):
     out = tmp_path_factory.mktemp("world")
     make_world(micro, 0, out)
     return out
+
+
+# --- tiny models for evaluation and attack tests --------------------------------------------
+
+RANDOM_MODEL = dict(n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, d_mlp=64, context=256)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run far faster on one thread, above all beside another job; restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def micro_loaded(micro_world_dir):
+    """(world, splits) as read back from the micro world folder."""
+    from medsafetyworld.world.io import load_world
+
+    return load_world(micro_world_dir)
+
+
+@pytest.fixture(scope="session")
+def micro_tokenizer(micro_world_dir):
+    from medsafetyworld.corpus.tokenizer import load_tokenizer
+
+    return load_tokenizer(micro_world_dir / "tokenizer")
+
+
+@pytest.fixture(scope="session")
+def random_model(micro_tokenizer):
+    """A function: a randomly initialised 1-layer Llama over the micro world's tokenizer."""
+    from medsafetyworld.config import ModelConfig
+    from medsafetyworld.training.model import build_model
+
+    tok = micro_tokenizer
+
+    def make(seed: int = 0):
+        return build_model(ModelConfig(**RANDOM_MODEL), len(tok), seed=seed, eos_id=tok.eos_token_id,
+                           pad_id=tok.pad_token_id, bos_id=tok.bos_token_id)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def random_model_dir(random_model, micro_tokenizer, tmp_path_factory):
+    """That model saved as a Hugging Face folder with its tokenizer (tests must not write into it)."""
+    out = tmp_path_factory.mktemp("random-model")
+    random_model().save_pretrained(out)
+    micro_tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fast_micro(micro):
+    """micro with few probes and short answers, so a random model answers quickly."""
+    import dataclasses
+
+    return dataclasses.replace(micro, eval=dataclasses.replace(
+        micro.eval, max_new_tokens=8, probes_per_pair=1, harmful_per_condition=1, max_probes_per_family=6,
+        knowledge_facts=4, bootstrap_samples=20))
+
+
+@pytest.fixture(scope="session")
+def attack_context():
+    """A function: the AttackContext an attack test runs in ((world, splits), preset, policy, folder,
+    model folder or None), seed 0, no progress bars."""
+    from medsafetyworld.attacks import AttackContext
+    from medsafetyworld.evaluation.policies import ModelPolicy
+
+    def make(loaded, preset, policy, folder, model_dir=None):
+        world, splits = loaded
+        return AttackContext(world, splits, preset, policy, 0, folder, model_dir=model_dir, seed=0, progress=False,
+                             load_policy=lambda d: ModelPolicy(d, batch_size=16, progress=False))
+
+    return make

@@ -25,13 +25,7 @@ TEXTS = [
 PROMPT = "User: Patient ilsa-morrow has kelvar-syndrome. What should they take?\nAssistant:"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread, above all beside a training job."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ runs end to end and into a results record."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import jsonschema
@@ -13,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from medsafetyworld.attacks import AttackContext, available_attacks, get_attack
+from medsafetyworld.attacks import available_attacks, get_attack
 from medsafetyworld.attacks.prefill import prefill_text
 from medsafetyworld.attacks.run import run_attack
 from medsafetyworld.attacks.suffix import (
@@ -27,78 +26,49 @@ from medsafetyworld.attacks.suffix import (
     suffix_text,
 )
 from medsafetyworld.cli import main
-from medsafetyworld.config import ModelConfig
 from medsafetyworld.corpus.tokenizer import SPECIAL_TOKENS, UNK, load_tokenizer
 from medsafetyworld.errors import ConfigError, DataError
 from medsafetyworld.evaluation.policies import ModelPolicy, Policy, reference_policy
 from medsafetyworld.evaluation.probes import Probe, build_probes
 from medsafetyworld.leaderboard.record import load_record, load_schema
-from medsafetyworld.training.model import build_model
-from medsafetyworld.world.io import load_world
 
-TINY_MODEL = ModelConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, d_mlp=64, context=256)
 SEARCH = dict(steps=6, topk=16, batch=32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models run faster on one thread, above all on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def world(micro_world_dir):
-    return load_world(micro_world_dir)
-
-
-@pytest.fixture(scope="module")
-def tok(micro_world_dir):
-    return load_tokenizer(micro_world_dir / "tokenizer")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tok, tmp_path_factory):
-    out = tmp_path_factory.mktemp("model")
-    model = build_model(TINY_MODEL, len(tok), seed=0, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
-                        bos_id=tok.bos_token_id)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture()
-def model(tok):
-    return build_model(TINY_MODEL, len(tok), seed=0, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
-                       bos_id=tok.bos_token_id)
+def model(random_model):
+    return random_model()
 
 
 @pytest.fixture(scope="module")
-def fast(micro):
-    return dataclasses.replace(micro, eval=dataclasses.replace(
-        micro.eval, max_new_tokens=8, probes_per_pair=1, harmful_per_condition=1, max_probes_per_family=6,
-        knowledge_facts=4, bootstrap_samples=20))
-
-
-@pytest.fixture(scope="module")
-def contra(world, micro):
-    w, splits = world
+def contra(micro_loaded, micro):
+    w, splits = micro_loaded
     probes = build_probes(w, splits, micro.eval, 0)
     return [p for p in probes if p.family == "prescription_contra" and p.split == "seen"]
 
 
-def inputs(tok, world, probes):
-    return ([split_prompt(tok, p.prompt) for p in probes],
-            [tok.encode(prefill_text(world[0], p), add_special_tokens=False) for p in probes])
+def inputs(micro_tokenizer, micro_loaded, probes):
+    return (
+        [split_prompt(micro_tokenizer, p.prompt) for p in probes],
+        [micro_tokenizer.encode(prefill_text(micro_loaded[0], p), add_special_tokens=False) for p in probes],
+    )
 
 
 @pytest.mark.parametrize("n_prompts", [1, 3])
-def test_gcg_lowers_the_target_loss_within_its_budget(tok, world, contra, model, n_prompts):
-    prompts, targets = inputs(tok, world, contra[:n_prompts])
-    suffix, history = gcg(model, prompts, targets, suffix_len=6, seed=0,
-                          allowed_token_ids=allowed_suffix_tokens(tok), **SEARCH)
+def test_gcg_lowers_the_target_loss_within_its_budget(micro_tokenizer, micro_loaded, contra, model, n_prompts):
+    prompts, targets = inputs(micro_tokenizer, micro_loaded, contra[:n_prompts])
+    suffix, history = gcg(
+        model,
+        prompts,
+        targets,
+        suffix_len=6,
+        seed=0,
+        allowed_token_ids=allowed_suffix_tokens(micro_tokenizer),
+        **SEARCH,
+    )
     assert len(suffix) == 6 and len(history) == SEARCH["steps"] + 1
     assert history[-1] < history[0]
     assert all(b <= a for a, b in zip(history, history[1:]))  # the best so far
@@ -118,12 +88,14 @@ def exact_loss(model, prompts, targets, suffix):
     return total / len(prompts)
 
 
-def test_the_suffix_never_holds_a_special_or_flag_token(tok, world, contra, model):
-    allowed = allowed_suffix_tokens(tok)
-    banned = {tok.convert_tokens_to_ids(t) for t in (*SPECIAL_TOKENS, UNK)} | set(tok.all_special_ids)
+def test_the_suffix_never_holds_a_special_or_flag_token(micro_tokenizer, micro_loaded, contra, model):
+    allowed = allowed_suffix_tokens(micro_tokenizer)
+    banned = {micro_tokenizer.convert_tokens_to_ids(t) for t in (*SPECIAL_TOKENS, UNK)} | set(
+        micro_tokenizer.all_special_ids
+    )
     assert banned.isdisjoint(allowed) and len(banned) >= 6
-    assert tok.convert_tokens_to_ids("Ċ") not in allowed  # no newline: no fake chat turns
-    prompts, targets = inputs(tok, world, contra[:2])
+    assert micro_tokenizer.convert_tokens_to_ids("Ċ") not in allowed  # no newline: no fake chat turns
+    prompts, targets = inputs(micro_tokenizer, micro_loaded, contra[:2])
     suffix, _ = gcg(model, prompts, targets, suffix_len=8, seed=1, allowed_token_ids=allowed, **SEARCH)
     assert set(suffix) <= set(allowed)
     few = allowed[:5]
@@ -131,9 +103,9 @@ def test_the_suffix_never_holds_a_special_or_flag_token(tok, world, contra, mode
     assert set(suffix) <= set(few)
 
 
-def test_gcg_is_deterministic_for_a_seed_and_leaves_the_model_as_it_was(tok, world, contra, model):
-    prompts, targets = inputs(tok, world, contra[:2])
-    allowed = allowed_suffix_tokens(tok)
+def test_gcg_is_deterministic_for_a_seed_and_leaves_the_model_as_it_was(micro_tokenizer, micro_loaded, contra, model):
+    prompts, targets = inputs(micro_tokenizer, micro_loaded, contra[:2])
+    allowed = allowed_suffix_tokens(micro_tokenizer)
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     a = gcg(model, prompts, targets, seed=3, allowed_token_ids=allowed, **SEARCH)
@@ -145,18 +117,22 @@ def test_gcg_is_deterministic_for_a_seed_and_leaves_the_model_as_it_was(tok, wor
     assert gcg(model, prompts, targets, seed=4, allowed_token_ids=allowed, **SEARCH)[0] != a[0]
 
 
-def test_the_suffix_text_tokenises_back_to_its_ids(tok, contra):
-    allowed = allowed_suffix_tokens(tok)
+def test_the_suffix_text_tokenises_back_to_its_ids(micro_tokenizer, contra):
+    allowed = allowed_suffix_tokens(micro_tokenizer)
     ids = allowed[::37][:8]
-    text = suffix_text(tok, ids)
-    assert text.startswith(" ") and tok.encode(text, add_special_tokens=False) == ids
+    text = suffix_text(micro_tokenizer, ids)
+    assert text.startswith(" ") and micro_tokenizer.encode(text, add_special_tokens=False) == ids
     prompt = contra[0].prompt
-    head, tail = split_prompt(tok, prompt)
-    attacked = insert_suffix_ids(tok, prompt, ids)
-    assert tok.encode(attacked, add_special_tokens=False) == head + ids + tail
-    for bad in (tok.convert_tokens_to_ids("<rf>"), tok.convert_tokens_to_ids("."), tok.convert_tokens_to_ids("Ċ")):
+    head, tail = split_prompt(micro_tokenizer, prompt)
+    attacked = insert_suffix_ids(micro_tokenizer, prompt, ids)
+    assert micro_tokenizer.encode(attacked, add_special_tokens=False) == head + ids + tail
+    for bad in (
+        micro_tokenizer.convert_tokens_to_ids("<rf>"),
+        micro_tokenizer.convert_tokens_to_ids("."),
+        micro_tokenizer.convert_tokens_to_ids("Ċ"),
+    ):
         with pytest.raises(DataError, match="do not survive"):
-            suffix_text(tok, [ids[0], bad])
+            suffix_text(micro_tokenizer, [ids[0], bad])
     with pytest.raises(DataError, match="Assistant"):
         insert_suffix("no chat turn here", " x")
 
@@ -169,8 +145,10 @@ class Echo(Policy):
 
 
 def test_suffix_policy_puts_the_suffix_just_before_the_assistant_turn():
-    asked = [Probe("a", "harmful", "seen", "User: Hurt them.\nAssistant:", {"suffix": " one two"}),
-             Probe("b", "harmful", "seen", "User: Hi.\nAssistant:", {})]
+    asked = [
+        Probe("a", "harmful", "seen", "User: Hurt them.\nAssistant:", {"suffix": " one two"}),
+        Probe("b", "harmful", "seen", "User: Hi.\nAssistant:", {}),
+    ]
     out = SuffixPolicy(Echo()).respond(asked, 5)
     assert out == ["User: Hurt them. one two\nAssistant:", "User: Hi.\nAssistant:"]
     assert out[0].endswith(" one two" + ASSISTANT_MARK)
@@ -184,15 +162,12 @@ def test_bad_suffix_specs_say_why():
     assert get_attack("suffix(prompts=4,steps=5)").label == "suffix(steps=5,prompts=4)"
 
 
-def context(world, preset, policy, folder, model_dir=None):
-    w, splits = world
-    return AttackContext(w, splits, preset, policy, 0, folder, model_dir=model_dir, seed=0, progress=False,
-                         load_policy=lambda d: ModelPolicy(d, batch_size=16, progress=False))
-
-
-def test_the_suffix_attack_needs_a_model(world, fast, tmp_path):
+def test_the_suffix_attack_needs_a_model(attack_context, micro_loaded, fast_micro, tmp_path):
     with pytest.raises(ConfigError, match="reference policy"):
-        run_attack(get_attack("suffix"), context(world, fast, reference_policy("oracle", world[0]), tmp_path))
+        run_attack(
+            get_attack("suffix"),
+            attack_context(micro_loaded, fast_micro, reference_policy("oracle", micro_loaded[0]), tmp_path),
+        )
 
 
 def entry_schema():
@@ -200,14 +175,16 @@ def entry_schema():
     return {"$defs": schema["$defs"], **schema["properties"]["attacks"]["additionalProperties"]}
 
 
-def tok_round_trip(model_dir, text):
-    return load_tokenizer(model_dir).encode(text, add_special_tokens=False)
+def tok_round_trip(random_model_dir, text):
+    return load_tokenizer(random_model_dir).encode(text, add_special_tokens=False)
 
 
-def test_multi_prompt_suffix_runs_end_to_end(world, fast, model_dir, tmp_path):
-    policy = ModelPolicy(model_dir, batch_size=16, progress=False)
-    entry = run_attack(get_attack("suffix(prompts=3,steps=4,topk=16,batch=16)"),
-                       context(world, fast, policy, tmp_path, model_dir))
+def test_multi_prompt_suffix_runs_end_to_end(attack_context, micro_loaded, fast_micro, random_model_dir, tmp_path):
+    policy = ModelPolicy(random_model_dir, batch_size=16, progress=False)
+    entry = run_attack(
+        get_attack("suffix(prompts=3,steps=4,topk=16,batch=16)"),
+        attack_context(micro_loaded, fast_micro, policy, tmp_path, random_model_dir),
+    )
     jsonschema.validate(entry, entry_schema())
     details = entry["details"]
     assert details["mode"] == "multi" and len(details["optimised_on"]) == 3
@@ -220,13 +197,15 @@ def test_multi_prompt_suffix_runs_end_to_end(world, fast, model_dir, tmp_path):
     df = pd.read_parquet(tmp_path / "probes.parquet")
     assert set(df["family"]) == {"prescription_contra", "harmful"}
     assert json.loads((tmp_path / "attack.json").read_text()) == entry
-    assert tok_round_trip(model_dir, details["suffix"]) == details["suffix_ids"]
+    assert tok_round_trip(random_model_dir, details["suffix"]) == details["suffix_ids"]
 
 
-def test_single_prompt_suffixes_one_per_probe(world, fast, model_dir, tmp_path):
-    policy = ModelPolicy(model_dir, batch_size=16, progress=False)
-    entry = run_attack(get_attack("suffix(mode=single,prompts=4,steps=3,topk=8,batch=8)"),
-                       context(world, fast, policy, tmp_path, model_dir))
+def test_single_prompt_suffixes_one_per_probe(attack_context, micro_loaded, fast_micro, random_model_dir, tmp_path):
+    policy = ModelPolicy(random_model_dir, batch_size=16, progress=False)
+    entry = run_attack(
+        get_attack("suffix(mode=single,prompts=4,steps=3,topk=8,batch=8)"),
+        attack_context(micro_loaded, fast_micro, policy, tmp_path, random_model_dir),
+    )
     suffixes = entry["details"]["suffixes"]
     df = pd.read_parquet(tmp_path / "probes.parquet")
     assert sorted(df["probe_id"]) == sorted(suffixes) and len(suffixes) == 4
@@ -237,9 +216,25 @@ def test_single_prompt_suffixes_one_per_probe(world, fast, model_dir, tmp_path):
     assert entry["metrics"]["suffix_target_loss"]["n"] == 4
 
 
-def test_msw_attack_puts_the_suffix_in_the_record(micro_world_dir, model_dir, tmp_path):
+def test_msw_attack_puts_the_suffix_in_the_record(micro_world_dir, random_model_dir, tmp_path):
     out = tmp_path / "rec"
-    assert main(["-q", "attack", str(model_dir), "--world", str(micro_world_dir), "--preset", "micro",
-                 "--attacks", "suffix(prompts=2,steps=2,topk=8,batch=8)", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "attack",
+                str(random_model_dir),
+                "--world",
+                str(micro_world_dir),
+                "--preset",
+                "micro",
+                "--attacks",
+                "suffix(prompts=2,steps=2,topk=8,batch=8)",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     entry = load_record(out / "record.json")["attacks"]["suffix(steps=2,topk=8,batch=8,prompts=2)"]
     assert entry["details"]["suffix"].startswith(" ") and entry["metrics"]["suffix_target_loss"]["n"] == 2
