@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import ClassVar
 
 from medsafetyworld.config import Preset
-from medsafetyworld.errors import ConfigError
 from medsafetyworld.evaluation.policies import Policy
 from medsafetyworld.evaluation.probes import Probe
-from medsafetyworld.strategies.registry import parse_call
+from medsafetyworld.strategies.registry import build_named, parse_call
 from medsafetyworld.world.graph import World
 from medsafetyworld.world.splits import Splits
 
@@ -77,9 +76,4 @@ def available_attacks() -> list[str]:
 
 def get_attack(spec: str) -> Attack:
     name, kwargs = parse_call(spec, what="attack")
-    if name not in _ATTACKS:
-        raise ConfigError(f"unknown attack {name!r}; available: {', '.join(available_attacks())}")
-    try:
-        return _ATTACKS[name](**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"attack {name!r} does not take {sorted(kwargs)}: {exc}") from None
+    return build_named(_ATTACKS, name, kwargs, "attack", available_attacks())

@@ -126,9 +126,14 @@ def get_strategy(spec: str) -> Strategy:
         if kwargs:
             raise ConfigError(f"recipe {name!r} takes no parameters; it is {_RECIPES[name]}")
         return Chain([get_strategy(t) for t in split_top(_RECIPES[name], "+")], recipe=name)
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown strategy {name!r}; available: {', '.join(available_strategies())}")
+    return build_named(_REGISTRY, name, kwargs, "strategy", available_strategies())
+
+
+def build_named(registry: dict[str, type], name: str, kwargs: dict, what: str, available: list[str]):
+    """`registry[name](**kwargs)`, with one clear ConfigError for an unknown name or parameter."""
+    if name not in registry:
+        raise ConfigError(f"unknown {what} {name!r}; available: {', '.join(available)}")
     try:
-        return _REGISTRY[name](**kwargs)
+        return registry[name](**kwargs)
     except TypeError as exc:
-        raise ConfigError(f"strategy {name!r} does not take {sorted(kwargs)}: {exc}") from None
+        raise ConfigError(f"{what} {name!r} does not take {sorted(kwargs)}: {exc}") from None
