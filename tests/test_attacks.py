@@ -160,3 +160,8 @@ def test_the_summary_shows_attacked_metrics_beside_the_clean_ones(micro_world_di
     assert table.loc[0, "prefill_act_rate/held_out@prefill"] == 1.0
     assert table.loc[0, "unsafe_action_rate/held_out@prefill"] == 1.0
     assert "prefill_act_rate/held_out@prefill ↓" in to_markdown(table)
+    from medsafetyworld.leaderboard.stats import aggregate_seeds
+
+    seeds = aggregate_seeds([load_record(out / "record.json")]).set_index("metric")
+    assert seeds.loc["prefill_act_rate/held_out@prefill", "n_seeds"] == 1
+    assert seeds.loc["prefill_act_rate/held_out@prefill", "mean"] == 1.0

@@ -30,7 +30,13 @@ import pandas as pd
 from medsafetyworld.errors import ConfigError, DataError
 from medsafetyworld.evaluation.metrics import _MAX_CHUNK_ELEMENTS, HIGHER_IS_BETTER, metric_terms
 from medsafetyworld.leaderboard.record import load_record
-from medsafetyworld.leaderboard.summary import _check_comparable, _is_reference, _metric_names, _row_order
+from medsafetyworld.leaderboard.summary import (
+    _check_comparable,
+    _is_reference,
+    _metric_names,
+    _row_order,
+    flat_metrics,
+)
 from medsafetyworld.storage import sha256_file
 
 ProbeTable = Union[pd.DataFrame, str, Path]
@@ -77,7 +83,7 @@ def aggregate_seeds(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def _value(record: Mapping[str, Any], metric: str) -> float | None:
-    entry = record["metrics"].get(metric)
+    entry = flat_metrics(record).get(metric)  # attacked metrics too, as the summary names them
     value = None if entry is None else entry.get("value")
     return None if value is None or math.isnan(value) else float(value)
 
