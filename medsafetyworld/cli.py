@@ -152,7 +152,7 @@ def _evaluate(args):
 
 def cmd_attack(args) -> None:
     from medsafetyworld.attacks import AttackContext
-    from medsafetyworld.evaluation.policies import REFERENCE_POLICIES, ModelPolicy
+    from medsafetyworld.evaluation.policies import REFERENCE_POLICIES
     from medsafetyworld.pipeline import attack_policy, resolve_attacks
     from medsafetyworld.world.io import load_world
 
@@ -163,9 +163,7 @@ def cmd_attack(args) -> None:
 
     def context(folder):
         return AttackContext(world, splits, preset, policy, args.seed, folder,
-                             model_dir=Path(args.model) if is_model else None, seed=args.seed,
-                             load_policy=lambda d: ModelPolicy(d, preset.eval.batch_size, progress=not args.quiet),
-                             progress=not args.quiet)
+                             model_dir=Path(args.model) if is_model else None, seed=args.seed, progress=not args.quiet)
 
     record = attack_policy(Path(args.out), attacks, context, key=key)
     clean = record["metrics"]

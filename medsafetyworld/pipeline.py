@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +35,7 @@ from medsafetyworld.evaluation.evaluate import evaluate
 from medsafetyworld.evaluation.policies import REFERENCE_POLICIES, ModelPolicy, Policy, reference_policy
 from medsafetyworld.leaderboard.record import build_record, load_record, save_record
 from medsafetyworld.leaderboard.summary import write_summary
-from medsafetyworld.storage import write_json_atomic
+from medsafetyworld.storage import path_safe, write_json_atomic
 from medsafetyworld.strategies import Strategy, get_strategy
 from medsafetyworld.training.sft_data import SFT_VERSION, sft_texts
 from medsafetyworld.training.trainer import finetune, pretrain
@@ -49,10 +48,9 @@ STAGE_FILE = ".stage.json"
 
 
 def folder_name(strategy: Strategy, seed: int) -> str:
-    """`<label>-s<seed>`, the label's parentheses, `=` and commas made path-safe:
-    `curriculum(start=0.2,inner=filter)` -> `curriculum_start-0.2_inner-filter-s1`."""
-    slug = re.sub(r"[(),]+", "_", strategy.label.replace("=", "-")).strip("_")
-    return f"{re.sub(r'[^A-Za-z0-9_.+-]', '_', slug)}-s{seed}"
+    """`<label>-s<seed>`, the label made path-safe: `curriculum(start=0.2,inner=filter)` ->
+    `curriculum_start-0.2_inner-filter-s1`."""
+    return f"{path_safe(strategy.label)}-s{seed}"
 
 
 def stage(folder: Path, key: str, build: Callable[[], Any], name: str) -> bool:
@@ -150,19 +148,16 @@ def attack_policy(
 ) -> dict[str, Any]:
     """Run each attack (a stage of its own under `record_dir/attacks/`) and put its results into
     the record in `record_dir` under `attacks.<label>`; returns the record."""
-    record_dir = Path(record_dir)
+    record_dir, entries = Path(record_dir), {}
     for attack in attacks:
         folder = attack_folder(record_dir, attack)
         stage(folder, config_hash(key, attack.name, attack.params(), "attack"),
               lambda attack=attack, folder=folder: run_attack(attack, make_context(folder)), f"attack {attack.label}")
-    record = load_record(record_dir / "record.json")
-    results = dict(record.get("attacks", {}))
-    for attack in attacks:
-        folder = attack_folder(record_dir, attack)
         entry = load_attack_result(folder)
         entry["probes_file"]["path"] = str((folder / entry["probes_file"]["path"]).relative_to(record_dir))
-        results[attack.label] = entry
-    record["attacks"] = results
+        entries[attack.label] = entry
+    record = load_record(record_dir / "record.json")
+    record["attacks"] = {**record.get("attacks", {}), **entries}
     save_record(record, record_dir / "record.json")
     return record
 
@@ -216,7 +211,6 @@ def run(
 
     def context(policy, folder, model_dir=None, seed=world_seed):
         return AttackContext(world, splits, preset, policy, world_seed, folder, model_dir=model_dir, seed=seed,
-                             load_policy=lambda d: ModelPolicy(d, batch_size=preset.eval.batch_size, progress=progress),
                              progress=progress)
 
     for name in REFERENCE_POLICIES:

@@ -1,11 +1,12 @@
 """Files on disk: written atomically (a reader never sees half a file; a crash or Ctrl-C leaves the
-old file in place) and hashed with sha256."""
+old file in place), hashed with sha256, and named from spec labels."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -14,6 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from medsafetyworld.errors import DataError
+
+
+def path_safe(label: str) -> str:
+    """A spec label as a folder name: `=` becomes `-`, parentheses and commas `_`, anything else
+    outside [A-Za-z0-9_.+-] `_`: `curriculum(start=0.2,inner=filter)` -> `curriculum_start-0.2_inner-filter`."""
+    slug = re.sub(r"[(),]+", "_", label.replace("=", "-")).strip("_")
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", slug)
 
 
 def sha256_file(path: Path | str) -> str:

@@ -107,11 +107,9 @@ def attack_context():
     """A function: the AttackContext an attack test runs in ((world, splits), preset, policy, folder,
     model folder or None), seed 0, no progress bars."""
     from medsafetyworld.attacks import AttackContext
-    from medsafetyworld.evaluation.policies import ModelPolicy
 
     def make(loaded, preset, policy, folder, model_dir=None):
         world, splits = loaded
-        return AttackContext(world, splits, preset, policy, 0, folder, model_dir=model_dir, seed=0, progress=False,
-                             load_policy=lambda d: ModelPolicy(d, batch_size=16, progress=False))
+        return AttackContext(world, splits, preset, policy, 0, folder, model_dir=model_dir, seed=0, progress=False)
 
     return make

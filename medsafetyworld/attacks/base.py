@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from medsafetyworld.config import Preset
-from medsafetyworld.evaluation.policies import Policy
+from medsafetyworld.evaluation.policies import ModelPolicy, Policy
 from medsafetyworld.evaluation.probes import Probe
 from medsafetyworld.strategies.registry import build_named, parse_call
 from medsafetyworld.world.graph import World
@@ -20,8 +19,8 @@ _ATTACKS: dict[str, type[Attack]] = {}
 
 @dataclass
 class AttackContext:
-    """What an attack may use: the world, the clean policy, and for a model, its folder and a way
-    to load another model folder as a policy (finetuning attacks train a copy)."""
+    """What an attack may use: the world, the clean policy, and for a model, its folder
+    (finetuning attacks train a copy and load it with `load_policy`)."""
 
     world: World
     splits: Splits
@@ -30,9 +29,12 @@ class AttackContext:
     probe_seed: int
     out_dir: Path
     model_dir: Path | None = None
-    load_policy: Callable[[Path], Policy] | None = None
     seed: int = 0
     progress: bool = True
+
+    def load_policy(self, model_dir: Path) -> Policy:
+        """A model folder as a policy, decoding like the clean evaluation."""
+        return ModelPolicy(model_dir, batch_size=self.preset.eval.batch_size, progress=self.progress)
 
 
 class Attack:

@@ -43,7 +43,7 @@ class FinetuneAttack(Attack):
         raise NotImplementedError
 
     def attacked(self, ctx, probes):
-        if ctx.model_dir is None or ctx.load_policy is None:
+        if ctx.model_dir is None:
             raise ConfigError(f"{self.name} finetunes weights; a reference policy has none")
         out = ctx.out_dir / "model"
         finetune(ctx.model_dir, self.texts(ctx), out, ctx.preset.train, ctx.seed, progress=ctx.progress,

@@ -3,35 +3,29 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from medsafetyworld.attacks.base import Attack, AttackContext
-from medsafetyworld.evaluation.evaluate import run_probes
-from medsafetyworld.evaluation.metrics import compute_metrics
+from medsafetyworld.evaluation.evaluate import evaluate
 from medsafetyworld.evaluation.probes import build_probes
-from medsafetyworld.storage import sha256_file, write_atomic, write_json_atomic
+from medsafetyworld.storage import path_safe, sha256_file, write_json_atomic
 
 RESULT_FILE = "attack.json"
 
 
 def attack_folder(record_dir: Path, attack: Attack) -> Path:
-    slug = re.sub(r"[(),]+", "_", attack.label.replace("=", "-")).strip("_")
-    return Path(record_dir) / "attacks" / slug
+    return Path(record_dir) / "attacks" / path_safe(attack.label)
 
 
 def run_attack(attack: Attack, ctx: AttackContext) -> dict[str, Any]:
     """Evaluate under `attack`; writes `ctx.out_dir/probes.parquet` and `attack.json` (the record
     entry) and returns the entry."""
     cfg = ctx.preset.eval
-    probes = build_probes(ctx.world, ctx.splits, cfg, ctx.probe_seed)
-    policy, chosen = attack.attacked(ctx, probes)
-    df = run_probes(policy, chosen, ctx.world, cfg)
+    policy, chosen = attack.attacked(ctx, build_probes(ctx.world, ctx.splits, cfg, ctx.probe_seed))
     path = Path(ctx.out_dir) / "probes.parquet"
-    write_atomic(path, df.to_parquet(index=False))
-    metrics = {**compute_metrics(df, n_boot=cfg.bootstrap_samples, seed=ctx.probe_seed),
-               **attack.extra_metrics(df, cfg.bootstrap_samples, ctx.probe_seed)}
+    df, metrics = evaluate(policy, ctx.world, ctx.splits, cfg, probe_seed=ctx.probe_seed, out_path=path, probes=chosen)
+    metrics = {**metrics, **attack.extra_metrics(df, cfg.bootstrap_samples, ctx.probe_seed)}
     entry = {
         "attack": attack.name,
         "params": attack.params(),

@@ -300,7 +300,7 @@ class Suffix(Attack):
     def attacked(self, ctx, probes):
         policy = ctx.policy
         if getattr(policy, "model", None) is None or getattr(policy, "tokenizer", None) is None:
-            if ctx.model_dir is None or ctx.load_policy is None:
+            if ctx.model_dir is None:
                 raise ConfigError("suffix searches with the model's gradients; a reference policy has none")
             policy = ctx.load_policy(ctx.model_dir)
         chosen = [p for p in probes if p.family in FAMILIES]

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from medsafetyworld.corpus.document import UNSAFE, Document
+from medsafetyworld.corpus.tokenizer import RED_FLAG, THINK_OPEN, UNSAFE_TAG
 from medsafetyworld.errors import DataError
 from medsafetyworld.storage import atomic_dir, sha256_file, write_json_atomic
 
@@ -41,6 +42,14 @@ SCHEMA = pa.schema(
     ]
 )
 TOKENIZE_BATCH = 512
+# The safety markers strategies insert, counted per kind in the manifest (`count:<marker>`) and by
+# `msw corpus stats` (by these names).
+MARKERS = {
+    "tags": UNSAFE_TAG,
+    "red_flags": RED_FLAG,
+    "unsafe_reflections": f"{THINK_OPEN} Unsafe",
+    "safe_reflections": f"{THINK_OPEN} Safe",
+}
 
 
 def fact_key(fact: Iterable[str]) -> str:
@@ -59,8 +68,8 @@ class _Stats:
         unsafe = sum(s.label == UNSAFE for s in doc.segments)
         c["unsafe_segments"] += unsafe
         c["unsafe_documents"] += unsafe > 0
-        for token in ("<potentially unsafe content>", "<rf>", "<think> Unsafe", "<think> Safe"):
-            c[f"count:{token}"] += doc.text.count(token)
+        for marker in MARKERS.values():
+            c[f"count:{marker}"] += doc.text.count(marker)
         self.facts.update(fact_key(f) for f in doc.meta.get("facts", []))
 
 

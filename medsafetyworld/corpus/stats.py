@@ -20,17 +20,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from medsafetyworld.corpus.document import UNSAFE
-from medsafetyworld.corpus.shards import load_manifest
-from medsafetyworld.corpus.tokenizer import RED_FLAG, THINK_OPEN, UNSAFE_TAG
+from medsafetyworld.corpus.shards import MARKERS, load_manifest
 from medsafetyworld.errors import DataError
 
-# Substrings counted in the text, by column name (the same strings the manifest's per_kind counts).
-MARKERS = {
-    "tags": UNSAFE_TAG,
-    "red_flags": RED_FLAG,
-    "unsafe_reflections": f"{THINK_OPEN} Unsafe",
-    "safe_reflections": f"{THINK_OPEN} Safe",
-}
 COLUMNS = ("documents", "tokens", "unsafe_documents", "unsafe_segments", *MARKERS)
 ALL = "all"
 READ_COLUMNS = ["kind", "text", "segments", "n_tokens"]

@@ -27,10 +27,13 @@ def run_probes(policy: Policy, probes: list[Probe], world: World, cfg: EvalConfi
 
 
 def evaluate(
-    policy: Policy, world: World, splits: Splits, cfg: EvalConfig, *, probe_seed: int, out_path: Path | None = None
+    policy: Policy, world: World, splits: Splits, cfg: EvalConfig, *, probe_seed: int, out_path: Path | None = None,
+    probes: list[Probe] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, MetricValue]]:
-    """Per-probe table (written to `out_path` as Parquet if given) and the metrics with intervals."""
-    probes = build_probes(world, splits, cfg, probe_seed)
+    """Per-probe table (written to `out_path` as Parquet if given) and the metrics with intervals.
+    `probes`: the probes to ask (an attack's rewritten set); default every probe for `probe_seed`."""
+    if probes is None:
+        probes = build_probes(world, splits, cfg, probe_seed)
     df = run_probes(policy, probes, world, cfg)
     if out_path is not None:
         write_atomic(out_path, df.to_parquet(index=False))

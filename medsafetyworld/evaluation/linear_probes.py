@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,6 +42,7 @@ from medsafetyworld.corpus import templates as T
 from medsafetyworld.corpus.stream import harm_held_out_conditions
 from medsafetyworld.errors import ConfigError, DataError
 from medsafetyworld.evaluation.metrics import MetricValue
+from medsafetyworld.evaluation.policies import load_model
 from medsafetyworld.world.graph import World
 from medsafetyworld.world.splits import Splits
 
@@ -281,19 +281,6 @@ def cv_auroc(features, y, groups, C: float = 1.0, folds: int = 5) -> float:
 
 
 # --- per layer, from a model ----------------------------------------------------------------
-
-
-def load_model(model_dir: str | os.PathLike, device: str | None = None):
-    """A Hugging Face causal LM folder with its tokenizer, in eval mode on `device` (cuda if any)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if not (Path(model_dir) / "config.json").is_file():
-        raise DataError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
-    return model, tokenizer
 
 
 def _check_vocabulary(tokenizer, contexts: list[ProbeContext]) -> None:

@@ -235,30 +235,37 @@ def safebeam_generate(
     return live[0][0] if live else []
 
 
+def load_model(model_dir: str | Path, device: str | None = None):
+    """A Hugging Face causal LM folder with its tokenizer: (model in eval mode on `device`, cuda if
+    any, tokenizer); DataError when the folder holds no model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (Path(model_dir) / "config.json").is_file():
+        raise DataError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval(), tokenizer
+
+
 class ModelPolicy(Policy):
     """Decoding from any Hugging Face causal LM folder with its tokenizer: greedy (batched), or
     SafeBeam (`decoding="safebeam"`, one prompt at a time; see safebeam_generate)."""
 
     def __init__(self, model_dir: Path, batch_size: int = 64, device: str | None = None, progress: bool = True,
                  decoding: str = "greedy", num_beams: int = 4):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         from medsafetyworld.corpus.tokenizer import UNSAFE_TAG
 
         if decoding not in DECODINGS:
             raise ConfigError(f"unknown decoding {decoding!r}; choose one of {', '.join(DECODINGS)}")
         if decoding == "safebeam" and num_beams < 1:
             raise ConfigError(f"--num-beams must be at least 1, got {num_beams}")
-        if not (Path(model_dir) / "config.json").is_file():
-            raise DataError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
         self.name = str(model_dir)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model, self.tokenizer = load_model(model_dir, device)
+        self.device = self.model.device
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir).to(self.device).eval()
         self.batch_size, self.progress = batch_size, progress
         self.decoding, self.num_beams = decoding, num_beams
         self.tag_id = None

@@ -39,7 +39,7 @@ class Chain(Strategy):
         return {"chain": [[s.name, s.params()] for s in self.steps]}
 
     def schedule(self):
-        found = [s.schedule() for s in self.steps if s.schedule() is not None]
+        found = [schedule for s in self.steps if (schedule := s.schedule()) is not None]
         if len(found) > 1:
             raise ConfigError(f"{self.label}: at most one step of a chain may schedule its data")
         return found[0] if found else None

@@ -9,7 +9,6 @@ Finetuning: "User: ...\\nAssistant: ..." texts as padded batches with the loss o
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,14 +79,17 @@ class Region:
 def schedule_regions(corpus_dir: str | os.PathLike, n_tokens: int) -> list[Region] | None:
     """The regions of a scheduled corpus (a manifest with `schedule` and `phases`, written by
     `curriculum`), or None for an unordered one. A phase absent from the corpus is skipped."""
-    path = Path(corpus_dir) / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    from medsafetyworld.corpus.shards import load_manifest
+
+    has_manifest = (Path(corpus_dir) / "manifest.json").is_file()  # bare shards (tests, tools) have none
+    manifest = load_manifest(corpus_dir) if has_manifest else {}
     schedule, phases = manifest.get("schedule"), manifest.get("phases", {})
     if not schedule:
         return None
     present = [(name, until) for name, until in schedule if name in phases]
     if not present:
-        raise DataError(f"{path} has a schedule but no documents of its phases; re-render the corpus")
+        raise DataError(f"the manifest of {corpus_dir} has a schedule but no documents of its phases; "
+                        "re-render the corpus")
     offsets = [phases[name] for name, _ in present] + [n_tokens]
     return [Region(offsets[i], offsets[i + 1], float(until)) for i, (_, until) in enumerate(present)]
 

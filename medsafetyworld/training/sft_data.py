@@ -20,6 +20,7 @@ from medsafetyworld.corpus import render
 from medsafetyworld.corpus import templates as T
 from medsafetyworld.corpus.document import Document, Part
 from medsafetyworld.corpus.stream import RawStream
+from medsafetyworld.corpus.tokenizer import THINK_CLOSE, THINK_OPEN
 from medsafetyworld.evaluation.parser import FLAG_PATTERN as FLAG
 from medsafetyworld.training.data import ASSISTANT
 from medsafetyworld.strategies import Strategy
@@ -68,12 +69,12 @@ def cut_after_flag(text: str) -> str | None:
     """`text` up to and including the first flag in its response (after "\nAssistant:"), an
     Unsafe reflection through its `</think>`; None when the response raises no flag."""
     head, sep, response = text.partition(ASSISTANT)
-    found = [(m.start(), m.end()) for m in (FLAG.search(response),) if m]
-    if not sep or not found:
+    flag = FLAG.search(response)
+    if not sep or flag is None:
         return None
-    start, end = found[0]
-    if response[start:].startswith("<think>"):
-        end = response.index("</think>", start) + len("</think>")
+    start, end = flag.span()
+    if response.startswith(THINK_OPEN, start):
+        end = response.index(THINK_CLOSE, start) + len(THINK_CLOSE)
     return head + sep + response[:end]
 
 

@@ -40,9 +40,9 @@ from medsafetyworld.errors import DataError
 from medsafetyworld.storage import write_json_atomic
 from medsafetyworld.training.data import (
     PackedBatches,
-    schedule_regions,
     collate_sft,
     load_token_stream,
+    schedule_regions,
     sft_example,
 )
 from medsafetyworld.training.model import build_model, count_parameters, flops_per_token
