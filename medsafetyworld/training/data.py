@@ -130,10 +130,14 @@ class PackedBatches:
         return r.start, r.end
 
     def __getitem__(self, step: int) -> np.ndarray:
+        return self.rows(step, slice(None))
+
+    def rows(self, step: int, which: slice) -> np.ndarray:
+        """Rows `which` of step `step`'s batch; a data-parallel rank reads only its own."""
         rng = np.random.default_rng([self.seed, step])
         lo, hi = self.region(step)
         starts = lo + rng.integers(0, hi - lo - self.context, size=self.batch_size)
-        return np.stack([self.tokens[s : s + self.context + 1] for s in starts]).astype(np.int64)
+        return np.stack([self.tokens[s : s + self.context + 1] for s in starts[which]]).astype(np.int64)
 
     def __iter__(self):
         step = self.start_step
