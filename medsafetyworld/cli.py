@@ -101,8 +101,19 @@ def cmd_train(args) -> None:
 
     preset = get_preset(_preset_of_world(args.world, args.preset))
     out = make_model(args.world, args.corpus, get_strategy(args.strategy), preset, args.seed, args.out,
-                     progress=not args.quiet)
-    print(f"model written to {out}")
+                     progress=not args.quiet, backend=args.backend, parallel=args.parallel, compile=args.compile)
+    if out is not None:  # None: a torchrun rank other than 0, whose share is done
+        print(f"model written to {out}")
+
+
+def cmd_bench_train(args) -> None:
+    from medsafetyworld.training.bench import bench_train, format_table
+
+    table = bench_train(get_preset(args.preset), args.steps, args.backends, vocab=args.vocab,
+                        progress=not args.quiet)
+    print(format_table(table))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
 
 
 def cmd_evaluate(args) -> None:
@@ -180,7 +191,7 @@ def cmd_run(args) -> None:
 
     preset = get_preset(args.preset)
     records = run(preset, args.strategies, args.seeds, Path(args.out), world_seed=args.world_seed,
-                  progress=not args.quiet, attacks=args.attacks)
+                  progress=not args.quiet, attacks=args.attacks, backend=args.backend)
     print((Path(args.out) / "summary.md").read_text())
     print(f"{len(records)} records; summary in {args.out}/summary.md, summary.csv, pareto.png")
 
@@ -224,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", default=None)
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--backend", choices=("builtin", "nanotron"), default="builtin",
+                   help="the built-in trainer (default; data parallel under torchrun) or nanotron (GPUs)")
+    t.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp",
+                   help="under torchrun: replicate the model (ddp, default) or shard it (fsdp)")
+    t.add_argument("--compile", action="store_true", help="run the model through torch.compile")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="score a Hugging Face model folder or a reference policy")
@@ -257,8 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--world-seed", type=int, default=0)
     r.add_argument("--attacks", type=_names, default=[],
                    help="attack specs to run on every trained model, e.g. prefill,benign_ft,harmful_ft")
+    r.add_argument("--backend", choices=("builtin", "nanotron"), default="builtin",
+                   help="pretraining backend (default builtin)")
     r.add_argument("--out", type=Path, required=True)
     r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("bench-train", help="tokens/s, MFU and peak memory of each training backend on a preset")
+    b.add_argument("--preset", default="tiny", help=f"one of {presets} (default tiny)")
+    b.add_argument("--steps", type=int, default=50, help="training steps per backend (default 50)")
+    b.add_argument("--backends", type=_names, default=None,
+                   help="comma-separated, from builtin, builtin+compile, nanotron (default: all that apply here)")
+    b.add_argument("--vocab", type=int, default=1000, help="vocabulary size of the synthetic tokens (default 1000)")
+    b.add_argument("--csv", type=Path, default=None, metavar="PATH", help="also write the table as CSV")
+    b.set_defaults(func=cmd_bench_train)
 
     s = sub.add_parser("strategies", help="list the registered strategies")
     s.set_defaults(func=cmd_strategies)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,7 @@ from medsafetyworld.leaderboard.record import build_record, load_record, save_re
 from medsafetyworld.leaderboard.summary import write_summary
 from medsafetyworld.storage import path_safe, write_json_atomic
 from medsafetyworld.strategies import Strategy, get_strategy
+from medsafetyworld.training.distributed import launched_by_torchrun
 from medsafetyworld.training.sft_data import SFT_VERSION, sft_texts
 from medsafetyworld.training.trainer import finetune, pretrain
 from medsafetyworld.world.generate import generate_world
@@ -53,10 +55,14 @@ def folder_name(strategy: Strategy, seed: int) -> str:
     return f"{path_safe(strategy.label)}-s{seed}"
 
 
+def _up_to_date(folder: Path, key: str) -> bool:
+    marker = Path(folder) / STAGE_FILE
+    return marker.is_file() and json.loads(marker.read_text()).get("config_hash") == key
+
+
 def stage(folder: Path, key: str, build: Callable[[], Any], name: str) -> bool:
     """Run `build` unless `folder` already holds the output for config hash `key`. True if built."""
-    marker = Path(folder) / STAGE_FILE
-    if marker.is_file() and json.loads(marker.read_text()).get("config_hash") == key:
+    if _up_to_date(folder, key):
         log.info("%s: up to date (%s), skipped", name, folder)
         return False
     start = time.time()
@@ -102,16 +108,40 @@ def make_corpus(world_dir: Path, strategy: Strategy, preset: Preset, seed: int, 
     return load_manifest(out)["corpus_hash"]
 
 
+BACKENDS = ("builtin", "nanotron")
+
+
 def make_model(
-    world_dir: Path, corpus_dir: Path, strategy: Strategy, preset: Preset, seed: int, out: Path, progress: bool = True
-) -> Path:
-    """Pretraining then SFT; returns the SFT model folder."""
+    world_dir: Path, corpus_dir: Path, strategy: Strategy, preset: Preset, seed: int, out: Path, progress: bool = True,
+    *, backend: str = "builtin", parallel: str = "ddp", compile: bool = False,
+) -> Path | None:
+    """Pretraining then SFT; returns the SFT model folder.
+
+    `backend`: the built-in trainer or nanotron (a separate stage key: it trains other weights).
+    Under `torchrun` every rank pretrains its share, then rank 0 alone post-trains; the other
+    ranks return None.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     corpus_hash = load_manifest(corpus_dir)["corpus_hash"]
-    pre_key = config_hash(preset.model, preset.train, corpus_hash, seed, "pretrain")
-    stage(out / "pretrain", pre_key,
-          lambda: pretrain(corpus_dir, Path(world_dir) / "tokenizer", out / "pretrain", preset.model, preset.train, seed,
-                           progress=progress),
-          f"pretrain {strategy.label} s{seed}")
+    pre_key = config_hash(preset.model, preset.train, corpus_hash, seed, "pretrain",
+                          *([backend] if backend != "builtin" else []))
+    tokenizer_dir = Path(world_dir) / "tokenizer"
+
+    def build_pretrain():
+        if backend == "nanotron":
+            from medsafetyworld.training.nanotron_backend import train_nanotron
+
+            train_nanotron(corpus_dir, tokenizer_dir, out / "pretrain", preset.model, preset.train, seed, progress=progress)
+        else:
+            pretrain(corpus_dir, tokenizer_dir, out / "pretrain", preset.model, preset.train, seed, progress=progress,
+                     parallel=parallel, compile=compile)
+
+    if launched_by_torchrun() and int(os.environ["RANK"]) != 0:
+        if not _up_to_date(out / "pretrain", pre_key):
+            build_pretrain()  # rank 0 keeps the books (the stage marker) and post-trains
+        return None
+    stage(out / "pretrain", pre_key, build_pretrain, f"pretrain {strategy.label} s{seed}")
 
     def build_sft():
         world, splits = load_world(world_dir)
@@ -191,11 +221,14 @@ def resolve_attacks(specs: list[str], *, models: bool) -> list[Attack]:
 
 def run(
     preset: Preset, strategies: list[str], seeds: list[int], out: Path, *, world_seed: int = 0, progress: bool = True,
-    attacks: list[str] = (),
+    attacks: list[str] = (), backend: str = "builtin",
 ) -> list[dict[str, Any]]:
     """World, corpora, pretraining, SFT and evaluation for every (strategy, seed), then each of
     `attacks` on each trained model (and the prompt attacks on the reference policies); writes the
-    summary."""
+    summary. `backend="nanotron"` pretrains with nanotron (which starts its own torchrun)."""
+    if launched_by_torchrun():
+        raise ConfigError("`msw run` is one process; under torchrun, train each model with `msw train` "
+                          "(or use `msw run --backend nanotron`, which launches torchrun itself)")
     if not strategies:
         raise ConfigError("no strategies given; pass e.g. --strategies raw,filter,reflect")
     if not seeds:
@@ -227,7 +260,7 @@ def run(
             tag = folder_name(strategy, seed)
             corpus_dir, model_root = out / "corpus" / tag, out / "models" / tag
             corpus_hash = make_corpus(world_dir, strategy, preset, seed, corpus_dir, progress)
-            sft_dir = make_model(world_dir, corpus_dir, strategy, preset, seed, model_root, progress)
+            sft_dir = make_model(world_dir, corpus_dir, strategy, preset, seed, model_root, progress, backend=backend)
             log_ = json.loads((model_root / "pretrain" / "train_log.json").read_text())
             fields = {
                 "strategy": strategy.label, "seed": seed, "corpus_hash": corpus_hash, "policy_kind": "model",
