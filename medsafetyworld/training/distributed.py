@@ -107,8 +107,10 @@ def wrap(model: torch.nn.Module, ranks: Ranks, mode: str) -> torch.nn.Module:
 
         ids = [ranks.local_rank] if ranks.device().type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
-    from torch.distributed.fsdp import fully_shard
-
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        raise ConfigError(f"--parallel fsdp needs torch >= 2.6 (FSDP2); this is {torch.__version__}") from None
     for layer in model.model.layers:
         fully_shard(layer)
     fully_shard(model)  # the rest: embeddings (tied to the head), final norm
