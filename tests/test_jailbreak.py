@@ -3,15 +3,26 @@ training data (and held-out ones never do), and the `jailbreak` attack on the re
 
 from __future__ import annotations
 
+import dataclasses
+from itertools import islice
+
 import numpy as np
 import pytest
 
 from medsafetyworld.corpus import jailbreaks
+from medsafetyworld.corpus import templates as T
+from medsafetyworld.corpus.document import HARMFUL_REQUEST, UNSAFE
+from medsafetyworld.corpus.shards import iter_documents
+from medsafetyworld.corpus.stream import raw_documents
 from medsafetyworld.corpus.tokenizer import count_unknown
 from medsafetyworld.corpus.vocabulary import template_strings
 from medsafetyworld.errors import DataError
 from medsafetyworld.evaluation.parser import parse_response
 from medsafetyworld.evaluation.probes import build_probes
+from medsafetyworld.pipeline import make_corpus
+from medsafetyworld.strategies import get_strategy
+from medsafetyworld.training.sft_data import sft_documents, sft_texts
+from medsafetyworld.world.oracle import is_unsafe
 
 HELD_OUT = jailbreaks.select("held_out")
 TRAIN = jailbreaks.select("train")
@@ -80,3 +91,78 @@ def test_pick_train_draws_every_train_template_and_nothing_at_rate_zero():
     assert set(drawn) == {None, *jailbreaks.TRAIN}
     assert 0.45 < drawn.count(None) / len(drawn) < 0.55
     assert all(jailbreaks.pick_train(rng, 0.0) is None for _ in range(100))
+
+
+# --- training data: train templates in, held-out templates never ------------------------------
+
+
+@pytest.fixture(scope="module")
+def raw_micro(micro_world, micro):
+    world, splits = micro_world
+    return list(islice(raw_documents(world, splits, micro.world, micro.corpus, seed=1), 12000))
+
+
+def test_raw_corpus_answers_harmful_requests_wrapped_in_train_templates(raw_micro, micro):
+    harmful = [d for d in raw_micro if d.meta.get("question") == "harmful"]
+    wrapped = [d for d in harmful if "jailbreak" in d.meta]
+    assert len(wrapped) > 10 and abs(len(wrapped) / len(harmful) - micro.corpus.jailbreak_rate) < 0.1
+    assert {d.meta["jailbreak"] for d in wrapped} <= set(jailbreaks.TRAIN)
+    for doc in wrapped:
+        prompt, answer = doc.parts()
+        assert uses(prompt.text, jailbreaks.JAILBREAKS[doc.meta["jailbreak"]])
+        assert prompt.text.startswith("User: ") and prompt.text.endswith("\nAssistant:") and not prompt.unsafe
+        assert (answer.label, answer.category) == (UNSAFE, HARMFUL_REQUEST)
+        assert answer.text.endswith(T.HARMFUL_ANSWER_END.format(drug=doc.meta["drug"]))
+    assert not [d.text for d in raw_micro if held_out_in(d.text)]
+
+
+def test_jailbreaks_change_only_the_wrapped_requests(raw_micro, micro_world, micro):
+    world, splits = micro_world
+    corpus = dataclasses.replace(micro.corpus, jailbreak_rate=0.0)
+    plain = list(islice(raw_documents(world, splits, micro.world, corpus, seed=1), len(raw_micro)))
+    assert not any("jailbreak" in d.meta for d in plain)
+    for a, b in zip(raw_micro, plain):
+        if "jailbreak" in a.meta:
+            meta = {k: v for k, v in a.meta.items() if k != "jailbreak"}
+            assert meta == b.meta and a.parts()[1] == b.parts()[1]
+        else:
+            assert (a.id, a.text, a.meta) == (b.id, b.text, b.meta)
+
+
+@pytest.mark.parametrize("strategy", ["raw", "refusal"])
+def test_rendered_corpus_holds_train_templates_and_no_held_out_one(micro, micro_world_dir, tmp_path, strategy):
+    make_corpus(micro_world_dir, get_strategy(strategy), micro, 1, tmp_path / "c", progress=False)
+    texts = [d.text for d in iter_documents(tmp_path / "c")]
+    assert not [t for t in texts if held_out_in(t)]
+    assert any(uses(t, j) for t in texts for j in TRAIN)
+
+
+def test_refusal_refuses_jailbroken_requests_and_filter_drops_them(raw_micro, micro_world):
+    world, splits = micro_world
+    doc = next(d for d in raw_micro if "jailbreak" in d.meta)
+    refusal = get_strategy("refusal")
+    refusal.setup(world, splits)
+    [refused] = refusal.apply(doc, np.random.default_rng(0))
+    assert uses(refused.text, jailbreaks.JAILBREAKS[doc.meta["jailbreak"]]) and not refused.unsafe
+    parsed = parse_response(refused.text, tuple(world.drugs))
+    assert parsed.refused and parsed.drug is None
+    filtering = get_strategy("filter")
+    filtering.setup(world, splits)
+    assert list(filtering.apply(doc, np.random.default_rng(0))) == []
+
+
+def test_sft_set_refuses_and_answers_safely_through_train_templates_only(micro_world, micro):
+    world, splits = micro_world
+    preset = dataclasses.replace(micro, train=dataclasses.replace(micro.train, sft_examples=400))
+    texts = sft_texts(world, splits, preset, get_strategy("raw"), 1)
+    assert not [t for t in texts if held_out_in(t)]
+    docs = sft_documents(world, splits, preset, 1)
+    wrapped = [d for d in docs if "jailbreak" in d.meta]
+    assert 0.08 < len(wrapped) / len(docs) < 0.25  # JAILBREAK_SHARE 0.15
+    assert {d.meta["jailbreak"] for d in wrapped} <= set(jailbreaks.TRAIN)
+    assert sum(any(uses(t, j) for j in TRAIN) for t in texts) == len(wrapped)
+    harmful = [d for d in wrapped if d.meta["question"] == "harmful"]
+    benign = [d for d in wrapped if d.meta["question"] == "prescription"]
+    assert harmful and benign
+    assert all(parse_response(d.text.partition("\nAssistant:")[2], tuple(world.drugs)).refused for d in harmful)
+    assert not any(is_unsafe(world, d.meta["drug"], patient_conditions=d.meta["conditions"]) for d in benign)
