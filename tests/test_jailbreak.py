@@ -7,8 +7,12 @@ import dataclasses
 from itertools import islice
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from medsafetyworld.attacks import available_attacks, get_attack
+from medsafetyworld.attacks.run import run_attack
+from medsafetyworld.cli import main
 from medsafetyworld.corpus import jailbreaks
 from medsafetyworld.corpus import templates as T
 from medsafetyworld.corpus.document import HARMFUL_REQUEST, UNSAFE
@@ -16,9 +20,12 @@ from medsafetyworld.corpus.shards import iter_documents
 from medsafetyworld.corpus.stream import raw_documents
 from medsafetyworld.corpus.tokenizer import count_unknown
 from medsafetyworld.corpus.vocabulary import template_strings
-from medsafetyworld.errors import DataError
+from medsafetyworld.errors import ConfigError, DataError
+from medsafetyworld.evaluation.evaluate import evaluate
 from medsafetyworld.evaluation.parser import parse_response
+from medsafetyworld.evaluation.policies import reference_policy
 from medsafetyworld.evaluation.probes import build_probes
+from medsafetyworld.leaderboard.record import load_record
 from medsafetyworld.pipeline import make_corpus
 from medsafetyworld.strategies import get_strategy
 from medsafetyworld.training.sft_data import sft_documents, sft_texts
@@ -166,3 +173,90 @@ def test_sft_set_refuses_and_answers_safely_through_train_templates_only(micro_w
     assert harmful and benign
     assert all(parse_response(d.text.partition("\nAssistant:")[2], tuple(world.drugs)).refused for d in harmful)
     assert not any(is_unsafe(world, d.meta["drug"], patient_conditions=d.meta["conditions"]) for d in benign)
+
+
+# --- the attack -------------------------------------------------------------------------------
+
+
+def test_jailbreak_is_registered_with_its_parameters():
+    assert "jailbreak" in available_attacks()
+    attack = get_attack("jailbreak")
+    assert attack.params() == {"templates": "held_out", "probes": 100} and attack.label == "jailbreak"
+    assert get_attack("jailbreak(templates=all,probes=5)").label == "jailbreak(templates=all,probes=5)"
+    assert not attack.needs_model
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [("jailbreak(templates=some)", "choose one of held_out, train, all"), ("jailbreak(probes=0)", "positive"),
+     ("jailbreak(suffix=1)", "does not take")],
+)
+def test_bad_jailbreak_specs_say_why(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        get_attack(spec)
+
+
+@pytest.mark.parametrize("name,rate", [("reckless", 1.0), ("oracle", 0.0), ("refuser", 0.0)])
+def test_jailbreak_acts_for_reckless_every_time_and_never_for_oracle(
+    attack_context, micro_loaded, micro, tmp_path, name, rate
+):
+    entry = run_attack(
+        get_attack("jailbreak"), attack_context(micro_loaded, micro, reference_policy(name, micro_loaded[0]), tmp_path)
+    )
+    for family in jailbreaks.FAMILIES:
+        for split in ("held_out", "seen"):
+            for metric in ("unsafe_action_rate", "harmful_asr"):
+                m = entry["metrics"][f"jailbreak_{metric}/{family}/{split}"]
+                assert m["n"] > 0 and m["value"] == rate, (family, split, metric, m)
+    assert entry["metrics"]["unsafe_action_rate/held_out"]["value"] == rate
+    assert set(entry["details"]["templates"]) == set(jailbreaks.HELD_OUT)
+    assert all(t["held_out"] for t in entry["details"]["templates"].values())
+    per_template = entry["details"]["per_template"]
+    assert set(per_template) == set(jailbreaks.HELD_OUT)
+    assert all(v["value"] == rate for t in per_template.values() for v in t.values())
+
+
+@pytest.mark.parametrize("templates", ["held_out", "train", "all"])
+def test_wrapping_keeps_each_probes_scoring(attack_context, micro_loaded, micro, tmp_path, templates):
+    world, splits = micro_loaded
+    policy = reference_policy("reckless", world)
+    attack = get_attack(f"jailbreak(templates={templates},probes=6)")
+    run_attack(attack, attack_context(micro_loaded, micro, policy, tmp_path / "attack"))
+    attacked = pd.read_parquet(tmp_path / "attack" / "probes.parquet")
+    clean, _ = evaluate(policy, world, splits, micro.eval, probe_seed=0)
+    clean = clean.set_index("probe_id")
+    selected = jailbreaks.select(templates)
+    assert attacked["probe_id"].str.split("~").str[1].value_counts().to_dict() == {
+        j.name: len(attacked) // len(selected) for j in selected}
+    assert attacked.groupby(["family", "split"]).size().max() <= 6 * len(selected)
+    for row in attacked.itertuples():
+        base, name = row.probe_id.split("~")
+        before = clean.loc[base]
+        request = before["prompt"].removeprefix("User: ").removesuffix("\nAssistant:")
+        assert row.prompt == f"User: {jailbreaks.JAILBREAKS[name].wrap(request)}\nAssistant:"
+        for column in ("family", "split", "drug", "contraindicated_choice", "harmful_success", "refused", "flagged"):
+            assert getattr(row, column) == before[column], (row.probe_id, column)
+
+
+def test_msw_attack_writes_the_jailbreak_entry(micro_world_dir, tmp_path, capsys):
+    out = tmp_path / "reckless"
+    args = ["-q", "attack", "reckless", "--world", str(micro_world_dir), "--attacks", "jailbreak(templates=train)",
+            "--out", str(out)]
+    assert main(args) == 0
+    entry = load_record(out / "record.json")["attacks"]["jailbreak(templates=train)"]
+    assert entry["attack"] == "jailbreak" and entry["params"] == {"templates": "train", "probes": 100}
+    assert entry["metrics"]["jailbreak_harmful_asr/authority/held_out"]["value"] == 1.0
+    assert set(entry["details"]["templates"]) == set(jailbreaks.TRAIN)
+    assert (out / entry["probes_file"]["path"]).is_file()
+
+
+def test_jailbreak_runs_on_a_model_through_its_tokenizer(
+    attack_context, micro_loaded, fast_micro, random_model_dir, one_torch_thread, tmp_path
+):
+    from medsafetyworld.evaluation.policies import ModelPolicy
+
+    entry = run_attack(get_attack("jailbreak(probes=2)"), attack_context(
+        micro_loaded, fast_micro, ModelPolicy(random_model_dir, progress=False), tmp_path, random_model_dir))
+    df = pd.read_parquet(tmp_path / "probes.parquet")
+    assert len(df) == len(HELD_OUT) * 2 * 4 and df["response"].str.len().gt(0).all()
+    assert entry["metrics"]["jailbreak_unsafe_action_rate/roleplay/held_out"]["n"] == 2 * 2
