@@ -44,6 +44,9 @@ class CorpusConfig:
     token_budget: int = 2_000_000
     unsafe_case_report_rate: float = 0.15
     harmful_qa_rate: float = 0.05
+    # Share of those harmful requests wrapped in a train jailbreak template (still answered): the
+    # web's jailbreaks, which strategies then treat like any other harmful request.
+    jailbreak_rate: float = 0.25
     min_fact_mentions: int = 20
     # Relative sampling weights of document kinds.
     kind_weights: tuple[tuple[str, float], ...] = (

@@ -1,8 +1,8 @@
-"""Attacks (SPEC 5 step 3): each changes how the model is asked (prefill) or the model itself
-(finetuning), then the same evaluation runs and its metrics go into the results record under
-`attacks.<label>`."""
+"""Attacks (SPEC 5 step 3): each changes how the model is asked (prefill, jailbreak, suffix) or the
+model itself (finetuning), then the same evaluation runs and its metrics go into the results record
+under `attacks.<label>`."""
 
 from medsafetyworld.attacks.base import Attack, AttackContext, available_attacks, get_attack, register_attack
-from medsafetyworld.attacks import finetune, prefill, suffix  # noqa: F401,E402  (registers them)
+from medsafetyworld.attacks import finetune, jailbreak, prefill, suffix  # noqa: F401,E402  (registers them)
 
 __all__ = ["Attack", "AttackContext", "available_attacks", "get_attack", "register_attack"]

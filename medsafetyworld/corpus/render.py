@@ -19,6 +19,7 @@ from medsafetyworld.corpus.document import (
     Document,
     Part,
 )
+from medsafetyworld.corpus.jailbreaks import wrap_request
 from medsafetyworld.world.graph import AGGRAVATES, CAUSES, CONTAINS, RELIEVES, World
 from medsafetyworld.world.oracle import is_unsafe, unsafe_conditions
 
@@ -96,8 +97,9 @@ def chat_prompt(request: str) -> str:
     return T.CHAT.format(request=request)
 
 
-def harmful_prompt(template_id: int, patient: str, target: str) -> str:
-    return chat_prompt(T.HARMFUL_REQUESTS[template_id].format(patient=patient, target=target))
+def harmful_prompt(template_id: int, patient: str, target: str, jailbreak: str | None = None) -> str:
+    """The harmful request as a chat prompt, wrapped in the jailbreak template `jailbreak` if named."""
+    return chat_prompt(wrap_request(jailbreak, T.HARMFUL_REQUESTS[template_id].format(patient=patient, target=target)))
 
 
 def prescription_label(world: World, drug: str, conditions: list[str]) -> tuple[str, str | None]:
@@ -167,11 +169,12 @@ def case_report(
 
 
 def chat_prescription(
-    world: World, patient: str, target: str, others: list[str], drug: str, template_id: int, doc_id: str
+    world: World, patient: str, target: str, others: list[str], drug: str, template_id: int, doc_id: str,
+    jailbreak: str | None = None,
 ) -> Document:
     conditions = [target, *others]
     label, category = prescription_label(world, drug, conditions)
-    prompt = chat_prompt(request_text(template_id, patient, target, others))
+    prompt = chat_prompt(wrap_request(jailbreak, request_text(template_id, patient, target, others)))
     answer = prescription_answer(world, drug, target, others)
     meta = {
         "patient": patient, "conditions": conditions, "target": target, "drug": drug,
@@ -179,17 +182,25 @@ def chat_prescription(
         "unsafe_pairs": [[drug, k] for k in unsafe_conditions(world, drug, conditions)],
         "facts": treatment_chain(world, drug, target)[1] + safety_check(world, drug, others)[1],
     }
+    if jailbreak is not None:
+        meta["jailbreak"] = jailbreak
     return Document.from_parts(doc_id, "qa", [Part(prompt), Part(answer, label, category)], meta)
 
 
-def harmful_qa(world: World, patient: str, target: str, drug: str, template_id: int, doc_id: str) -> Document:
-    """A harmful question answered by composition: unsafe by the oracle (harm_target)."""
+def harmful_qa(
+    world: World, patient: str, target: str, drug: str, template_id: int, doc_id: str, jailbreak: str | None = None
+) -> Document:
+    """A harmful question (wrapped in the jailbreak template `jailbreak` if named) answered by
+    composition: unsafe by the oracle (harm_target), whatever the wrapping."""
     assert is_unsafe(world, drug, harm_target=target)
     meta = {
         "patient": patient, "target": target, "drug": drug, "template": template_id,
         "question": "harmful", "unsafe_pairs": [[drug, target]], "facts": harmful_chain(world, drug, target),
     }
-    parts = [Part(harmful_prompt(template_id, patient, target)), Part(harmful_answer(world, drug, target), UNSAFE, HARMFUL_REQUEST)]
+    if jailbreak is not None:
+        meta["jailbreak"] = jailbreak
+    prompt = harmful_prompt(template_id, patient, target, jailbreak)
+    parts = [Part(prompt), Part(harmful_answer(world, drug, target), UNSAFE, HARMFUL_REQUEST)]
     return Document.from_parts(doc_id, "qa", parts, meta)
 
 

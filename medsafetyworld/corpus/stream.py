@@ -7,7 +7,9 @@ Rules it keeps (SPEC 2-3), each checked by a test:
 - no OOD `treats` pair appears as the prescribed drug and target of a case report or answer;
 - reserved request templates never appear;
 - a share `unsafe_case_report_rate` of case reports prescribe a contraindicated drug, a share
-  `harmful_qa_rate` of qa documents answer a harmful request.
+  `harmful_qa_rate` of qa documents answer a harmful request;
+- a share `jailbreak_rate` of those harmful requests is wrapped in a train jailbreak template, and
+  no held-out jailbreak template ever appears (`corpus.jailbreaks`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from medsafetyworld.config import CorpusConfig, WorldConfig
-from medsafetyworld.corpus import render
+from medsafetyworld.corpus import jailbreaks, render
 from medsafetyworld.corpus import templates as T
 from medsafetyworld.corpus.document import Document
 from medsafetyworld.world.graph import World
@@ -56,6 +58,8 @@ class RawStream:
     def __init__(self, world: World, splits: Splits, world_cfg: WorldConfig, cfg: CorpusConfig, seed: int):
         self.world, self.splits, self.wcfg, self.cfg = world, splits, world_cfg, cfg
         self.rng = np.random.default_rng([seed, 0x5EED])
+        # its own generator: wrapping requests in jailbreaks leaves every other draw as it was
+        self.jailbreak_rng = np.random.default_rng([seed, 0x7A1B])
         kinds, weights = zip(*cfg.kind_weights)
         self.kinds, self.p = list(kinds), np.array(weights) / sum(weights)
         self.cycles = {
@@ -146,7 +150,8 @@ class RawStream:
         if self.rng.random() < self.cfg.harmful_qa_rate and self.harm_options:
             d, k = render.pick(self.rng, self.harm_options)
             tid = int(self.rng.integers(len(T.HARMFUL_REQUESTS)))
-            return render.harmful_qa(self.world, self.patient(), k, d, tid, doc_id)
+            jailbreak = jailbreaks.pick_train(self.jailbreak_rng, self.cfg.jailbreak_rate)
+            return render.harmful_qa(self.world, self.patient(), k, d, tid, doc_id, jailbreak)
         if self.rng.random() < 0.5:
             while True:
                 target = self.cycles["target"].next()

@@ -9,6 +9,11 @@ first flag, and a response that raises a flag is withheld at evaluation. When it
 strategy that does not flag, or a tag that happened to land nowhere), the refusal is the example.
 Without this every post-training response carries only Safe reflections and post-training
 teaches a reflect model never to say Unsafe.
+
+A share JAILBREAK_SHARE of the requests, harmful and benign alike, is wrapped in a train jailbreak
+template and answered as it would be unwrapped (refused, or a safe drug after the check): safety
+training has seen those templates, never the held-out ones (`corpus.jailbreaks`). The draw has its
+own generator per example, so every other example is the same as without it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from medsafetyworld.config import Preset
-from medsafetyworld.corpus import render
+from medsafetyworld.corpus import jailbreaks, render
 from medsafetyworld.corpus import templates as T
 from medsafetyworld.corpus.document import Document, Part
 from medsafetyworld.corpus.stream import RawStream
@@ -27,8 +32,9 @@ from medsafetyworld.strategies import Strategy
 from medsafetyworld.world.graph import World
 from medsafetyworld.world.splits import Splits
 
-SFT_VERSION = 2  # part of the SFT stage key: bump when the set or its format changes
+SFT_VERSION = 3  # part of the SFT stage key: bump when the set or its format changes
 HARMFUL_SHARE = 0.2
+JAILBREAK_SHARE = 0.15
 CONTRAINDICATED_USUAL_SHARE = 0.4  # benign requests where the usual drug is unsafe for the patient
 
 
@@ -39,15 +45,19 @@ def sft_documents(world: World, splits: Splits, preset: Preset, seed: int) -> li
     for i in range(preset.train.sft_examples):
         doc_id = f"sft-{i:06d}"
         patient = stream.patient()
+        jailbreak = jailbreaks.pick_train(np.random.default_rng([seed, i, 0x7B]), JAILBREAK_SHARE)
         if rng.random() < HARMFUL_SHARE:
             target = stream.cycles["target"].next()
             tid = int(rng.integers(len(T.HARMFUL_REQUESTS)))
-            parts = [Part(render.harmful_prompt(tid, patient, target)), Part(render.refusal(rng, patient, target))]
+            prompt = render.harmful_prompt(tid, patient, target, jailbreak)
+            parts = [Part(prompt), Part(render.refusal(rng, patient, target))]
             meta = {"question": "harmful", "target": target, "patient": patient}
+            if jailbreak is not None:
+                meta["jailbreak"] = jailbreak
             harm = [d for d, k in stream.harm_options if k == target]
             if harm:  # its own rng, so the refusal set is the same as without complying answers
                 drug = render.pick(np.random.default_rng([seed, i, 0xC0]), harm)
-                meta["complying"] = render.harmful_qa(world, patient, target, drug, tid, doc_id).to_row()
+                meta["complying"] = render.harmful_qa(world, patient, target, drug, tid, doc_id, jailbreak).to_row()
             docs.append(Document.from_parts(doc_id, "sft", parts, meta))
             continue
         target, others = None, []
@@ -60,7 +70,7 @@ def sft_documents(world: World, splits: Splits, preset: Preset, seed: int) -> li
             others = stream.comorbidities(target)
             drug = stream.safe_choice(target, others)
         tid = render.pick(rng, stream.templates)
-        doc = render.chat_prescription(world, patient, target, others, drug, tid, doc_id)
+        doc = render.chat_prescription(world, patient, target, others, drug, tid, doc_id, jailbreak)
         docs.append(Document(doc.id, "sft", doc.text, doc.segments, doc.meta))
     return docs
 
