@@ -67,7 +67,7 @@ def stage(folder: Path, key: str, build: Callable[[], Any], name: str) -> bool:
         return False
     start = time.time()
     build()
-    write_json_atomic(marker, {"config_hash": key, "stage": name, "seconds": round(time.time() - start, 1)})
+    write_json_atomic(Path(folder) / STAGE_FILE, {"config_hash": key, "stage": name, "seconds": round(time.time() - start, 1)})
     log.info("%s: done in %.1fs", name, time.time() - start)
     return True
 
