@@ -126,14 +126,15 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """The unsharded model and optimizer state (keyed by parameter name), on CPU.
+def full_model_state(model: torch.nn.Module) -> dict:
+    """The unsharded weights, on CPU. A collective: every rank calls it; with FSDP only rank 0
+    receives the tensors."""
+    return get_model_state_dict(unwrap(model), options=_FULL)
 
-    A collective: every rank calls it; with FSDP only rank 0 receives the tensors.
-    """
-    inner = unwrap(model)
-    return (get_model_state_dict(inner, options=_FULL),
-            get_optimizer_state_dict(inner, optimizer, options=_FULL))
+
+def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """The unsharded model and optimizer state (keyed by parameter name), on CPU; a collective."""
+    return full_model_state(model), get_optimizer_state_dict(unwrap(model), optimizer, options=_FULL)
 
 
 def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
@@ -158,9 +159,8 @@ def broadcast(obj, ranks: Ranks):
 def mean_over_ranks(value: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     if ranks.distributed:
         value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.AVG if value.device.type == "cuda" else dist.ReduceOp.SUM)
-        if value.device.type != "cuda":  # gloo has no AVG
-            value /= ranks.world_size
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)  # gloo has no AVG
+        value /= ranks.world_size
     return value
 
 

@@ -54,6 +54,7 @@ from medsafetyworld.training.distributed import (
     Ranks,
     barrier,
     broadcast,
+    full_model_state,
     full_state,
     load_optimizer_state,
     mean_over_ranks,
@@ -346,7 +347,7 @@ def _pretrain(corpus_dir, tokenizer_dir, out, model_cfg, train_cfg, seed, progre
         "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
     }
-    model_state, _ = full_state(model, optimizer) if ranks.distributed else (None, None)
+    model_state = full_model_state(model) if ranks.distributed else None
     if ranks.main:
         _save_model_folder(unwrap(model), tok, out, log, state_dict=model_state)
         shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
