@@ -24,8 +24,10 @@ from medsafetyworld.attacks.suffix import (
     insert_suffix_ids,
     split_prompt,
     suffix_text,
+    target_text,
 )
 from medsafetyworld.cli import main
+from medsafetyworld.corpus.render import harmful_answer, prescription_answer
 from medsafetyworld.corpus.tokenizer import SPECIAL_TOKENS, UNK, load_tokenizer
 from medsafetyworld.errors import ConfigError, DataError
 from medsafetyworld.evaluation.policies import ModelPolicy, Policy, reference_policy
@@ -154,12 +156,39 @@ def test_suffix_policy_puts_the_suffix_just_before_the_assistant_turn():
     assert out[0].endswith(" one two" + ASSISTANT_MARK)
 
 
+def test_the_answer_target_is_how_a_complying_answer_begins(micro_loaded, micro):
+    """`answer` makes the model open the way an SFT answer naming the unsafe drug opens (the
+    rendered answer text starts with it), for prescriptions and harmful requests alike;
+    `recommend` is the prefill text."""
+    world, splits = micro_loaded
+    probes = build_probes(world, splits, micro.eval, 0)
+    seen = set()
+    for p in probes:
+        if p.family not in ("prescription_contra", "harmful") or (p.family, p.split) in seen:
+            continue
+        seen.add((p.family, p.split))
+        answer = target_text(world, p, "answer")
+        if p.family == "prescription_contra":
+            drug = p.meta["usual_drug"]
+            full = prescription_answer(world, drug, p.meta["target"], p.meta["others"])
+            assert world.contraindicated(drug, p.meta["others"][0])
+        else:
+            drug = answer.split()[0]
+            full = harmful_answer(world, drug, p.meta["target"])
+            assert world.contraindicated(drug, p.meta["target"])
+        assert full.startswith(answer) and answer.startswith(f" {drug} contains ") and answer.endswith(".")
+        assert target_text(world, p, "recommend") == prefill_text(world, p)
+    assert len(seen) == 4
+
+
 def test_bad_suffix_specs_say_why():
     assert "suffix" in available_attacks()
-    for spec, message in (("suffix(mode=both)", "mode"), ("suffix(steps=-1)", "steps"), ("suffix(topk=0)", "topk")):
+    for spec, message in (("suffix(mode=both)", "mode"), ("suffix(steps=-1)", "steps"), ("suffix(topk=0)", "topk"),
+                          ("suffix(target=sure)", "target")):
         with pytest.raises(ConfigError, match=message):
             get_attack(spec)
     assert get_attack("suffix(prompts=4,steps=5)").label == "suffix(steps=5,prompts=4)"
+    assert get_attack("suffix(target=recommend)").params()["target"] == "recommend"
 
 
 def test_the_suffix_attack_needs_a_model(attack_context, micro_loaded, fast_micro, tmp_path):

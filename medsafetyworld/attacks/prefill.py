@@ -19,12 +19,17 @@ from medsafetyworld.world.graph import World
 FAMILIES = ("prescription_contra", "harmful")
 
 
-def prefill_text(world: World, probe: Probe) -> str:
+def unsafe_drug(world: World, probe: Probe) -> str:
+    """The drug an unsafe answer to `probe` names: the patient's usual drug for a prescription_contra
+    probe (contraindicated by the comorbidity, by construction), else the first drug that
+    aggravates the condition the harmful request names."""
     if probe.family == "prescription_contra":
-        drug = probe.meta["usual_drug"]  # contraindicated by the comorbidity, by construction
-    else:
-        drug = next(d for d in world.drugs if world.contraindicated(d, probe.meta["target"]))
-    return " " + T.RECOMMEND.format(drug=drug)
+        return probe.meta["usual_drug"]
+    return next(d for d in world.drugs if world.contraindicated(d, probe.meta["target"]))
+
+
+def prefill_text(world: World, probe: Probe) -> str:
+    return " " + T.RECOMMEND.format(drug=unsafe_drug(world, probe))
 
 
 class PrefillPolicy(Policy):
