@@ -3,6 +3,7 @@
 import dataclasses
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +23,8 @@ from medsafetyworld.training import (
     load_token_stream,
     pretrain,
 )
-from medsafetyworld.training.data import sft_example
+from medsafetyworld.training import data as data_module
+from medsafetyworld.training.data import CACHE_PREFIX, cached_token_stream, sft_example
 
 MICRO = PRESETS["micro"]
 SMALL = ModelConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, d_mlp=64, context=64)
@@ -102,6 +104,81 @@ def test_batches_are_a_function_of_seed_and_step(corpus):
     assert np.array_equal(a[7], next(iter(b)))
     assert not np.array_equal(a[7], a[8])
     assert not np.array_equal(a[7], PackedBatches(stream, 4, 32, seed=2)[7])
+
+
+def copy_shards(root, to):
+    for shard in root.glob("shard-*.parquet"):
+        shutil.copy2(shard, to / shard.name)
+    return to
+
+
+def cache_files(folder) -> list:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and p.name != ".stage.json")
+
+
+def test_the_cached_stream_is_the_stream_memory_mapped_from_one_file(corpus, tmp_path):
+    root, tok, _ = corpus
+    folder = copy_shards(root, tmp_path)
+    first = cached_token_stream(folder, tok.eos_token_id)
+    assert isinstance(first, np.memmap) and first.dtype == np.uint16
+    assert np.array_equal(first, load_token_stream(folder, tok.eos_token_id))
+    (name,) = cache_files(folder)
+    written = (folder / name).stat().st_mtime_ns
+    again = cached_token_stream(folder, tok.eos_token_id)
+    assert np.array_equal(again, first) and (folder / name).stat().st_mtime_ns == written
+    other_eos = cached_token_stream(folder, tok.eos_token_id + 1)  # another key: a new file, the old one goes
+    assert int(other_eos[len(other_eos) - 1]) == tok.eos_token_id + 1 and cache_files(folder) != [name]
+    assert len(cache_files(folder)) == 1
+
+
+def test_re_rendered_shards_get_a_new_cached_stream(corpus, tmp_path):
+    root, tok, ids = corpus
+    folder = copy_shards(root, tmp_path)
+    before = cached_token_stream(folder, tok.eos_token_id)
+    n_before = len(before)
+    del before  # release the map before the folder changes
+    table = pa.table({"text": ["x"], "input_ids": pa.array([ids[0]], pa.list_(pa.int32()))})
+    pq.write_table(table, folder / "shard-00001.parquet")
+    after = cached_token_stream(folder, tok.eos_token_id)
+    assert np.array_equal(after, load_token_stream(folder, tok.eos_token_id))
+    assert len(after) < n_before and len(cache_files(folder)) == 1
+
+
+def test_an_unwritable_corpus_folder_falls_back_to_memory(corpus, tmp_path, monkeypatch):
+    root, tok, _ = corpus
+    folder = copy_shards(root, tmp_path)
+
+    def refuse(path, array):
+        raise PermissionError(f"read-only: {path}")
+
+    monkeypatch.setattr(data_module, "write_npy_atomic", refuse)
+    stream = cached_token_stream(folder, tok.eos_token_id)
+    assert not isinstance(stream, np.memmap)
+    assert np.array_equal(stream, load_token_stream(folder, tok.eos_token_id)) and cache_files(folder) == []
+
+
+def test_an_interrupted_cache_write_leaves_nothing_behind(corpus, tmp_path, monkeypatch):
+    root, tok, _ = corpus
+    folder = copy_shards(root, tmp_path)
+
+    def interrupted(f, array, allow_pickle):
+        f.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data_module.np, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cached_token_stream(folder, tok.eos_token_id)
+    assert cache_files(folder) == []
+
+
+def test_ids_beyond_uint16_widen_the_whole_stream(tmp_path):
+    for i, docs in enumerate([[[1, 2], [3]], [[70_000, 4]]]):
+        pq.write_table(pa.table({"input_ids": pa.array(docs, pa.list_(pa.int32()))}), tmp_path / f"shard-{i:05d}.parquet")
+    stream = load_token_stream(tmp_path, eos_id=0)
+    assert stream.dtype == np.int32 and stream.tolist() == [1, 2, 0, 3, 0, 70_000, 4, 0]
+    pq.write_table(pa.table({"input_ids": pa.array([[5, -1]], pa.list_(pa.int32()))}), tmp_path / "shard-00002.parquet")
+    with pytest.raises(DataError, match="negative"):
+        load_token_stream(tmp_path, eos_id=0)
 
 
 def test_a_folder_without_shards_is_a_data_error(tmp_path):

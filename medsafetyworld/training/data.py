@@ -9,7 +9,10 @@ Finetuning: "User: ...\\nAssistant: ..." texts as padded batches with the loss o
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,9 +39,11 @@ def shard_paths(corpus_dir: str | os.PathLike) -> list[Path]:
 def load_token_stream(corpus_dir: str | os.PathLike, eos_id: int) -> np.ndarray:
     """All documents' `input_ids` in shard order, `eos_id` after each document.
 
-    uint16 when every id fits (vocabularies under 65536), else int32.
+    uint16 when every id fits (vocabularies under 65536), else int32. Each chunk is narrowed as it
+    is read, so building the stream holds it about once in the narrow type, not in int64.
     """
     parts: list[np.ndarray] = []
+    dtype = np.dtype(np.uint16 if eos_id < 65536 else np.int32)
     for shard in shard_paths(corpus_dir):
         try:
             column = pq.read_table(shard, columns=["input_ids"]).column("input_ids")
@@ -52,19 +57,64 @@ def load_token_stream(corpus_dir: str | os.PathLike, eos_id: int) -> np.ndarray:
             offsets -= offsets[0]
             values = np.asarray(chunk.flatten(), dtype=np.int64)
             n_docs = len(offsets) - 1
+            if len(values) and values.min() < 0:
+                raise DataError(f"negative token ids in the shards of {corpus_dir}; the corpus is corrupt")
+            if dtype == np.uint16 and len(values) and values.max() >= 65536:
+                dtype = np.dtype(np.int32)
+                parts = [p.astype(dtype) for p in parts]
             # Document i moves i places right to make room for the eos of every earlier document.
-            out = np.empty(len(values) + n_docs, dtype=np.int64)
+            out = np.empty(len(values) + n_docs, dtype=dtype)
             eos_at = offsets[1:] + np.arange(n_docs)
             keep = np.ones(len(out), dtype=bool)
             keep[eos_at] = False
             out[keep] = values
             out[eos_at] = eos_id
             parts.append(out)
-    stream = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-    if len(stream) and stream.min() < 0:
-        raise DataError(f"negative token ids in the shards of {corpus_dir}; the corpus is corrupt")
-    top = int(stream.max()) if len(stream) else eos_id
-    return stream.astype(np.uint16 if max(top, eos_id) < 65536 else np.int32)
+    return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+
+
+CACHE_PREFIX = ".token-stream-"
+
+
+def cached_token_stream(corpus_dir: str | os.PathLike, eos_id: int) -> np.ndarray:
+    """`load_token_stream`, kept beside the shards as `.token-stream-<key>.npy` and memory-mapped.
+
+    The first call writes the file (atomically; the key hashes eos_id and each shard's name, size
+    and mtime, so re-rendered shards get a new file and the stale one is removed); later calls, and
+    every data-parallel rank on the machine, map the same file, so the stream sits in memory once,
+    in the page cache, however many processes train on it. A folder that cannot be written to
+    falls back to the in-memory stream.
+    """
+    folder = Path(corpus_dir)
+    shards = shard_paths(folder)
+    key = hashlib.sha256(json.dumps(
+        [eos_id, [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in shards]]).encode()).hexdigest()[:16]
+    path = folder / f"{CACHE_PREFIX}{key}.npy"
+    if not path.is_file():
+        stream = load_token_stream(folder, eos_id)
+        try:
+            write_npy_atomic(path, stream)
+        except OSError:
+            return stream
+        for stale in folder.glob(f"{CACHE_PREFIX}*.npy"):
+            if stale != path:
+                stale.unlink(missing_ok=True)
+    try:
+        return np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path} is unreadable ({e}); delete it and it is rebuilt from the shards") from None
+
+
+def write_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """np.save through a temporary file in the same folder and os.replace."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from medsafetyworld.storage import write_json_atomic
 from medsafetyworld.training.data import (
     PackedBatches,
     collate_sft,
-    load_token_stream,
+    cached_token_stream,
     schedule_regions,
     sft_example,
 )
@@ -134,7 +134,7 @@ def _to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor
 
 
-def _sha256(data: bytes) -> str:
+def _sha256(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
@@ -237,12 +237,15 @@ def pretrain(corpus_dir, tokenizer_dir, out_dir, model_cfg: ModelConfig, train_c
 def _pretrain(corpus_dir, tokenizer_dir, out, model_cfg, train_cfg, seed, progress, stop_after,
               ranks: Ranks, parallel: str, compile: bool):
     tok = load_tokenizer(tokenizer_dir)
-    tokens = load_token_stream(corpus_dir, tok.eos_token_id)
+    if ranks.main:  # one process writes the stream's file; then every rank maps it (one copy in memory)
+        cached_token_stream(corpus_dir, tok.eos_token_id)
+    barrier(ranks)
+    tokens = cached_token_stream(corpus_dir, tok.eos_token_id)
     if len(tokens) and int(tokens.max()) >= len(tok):
         raise DataError(f"the shards in {corpus_dir} hold ids beyond the vocabulary of "
                         f"{tokenizer_dir} ({len(tok)} tokens); they were not made with it")
     run_hash = config_hash(model_cfg, train_cfg, {"seed": seed, "vocab": len(tok),
-                                                   "corpus": _sha256(tokens.tobytes())})
+                                                   "corpus": _sha256(memoryview(tokens))})
     rows = ranks.rows(train_cfg.batch_size)  # checks the batch splits before anything else
     # Rank 0 alone looks at (and cleans up) what is on disk; the others take its answer.
     found = None

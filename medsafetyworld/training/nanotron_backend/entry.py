@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from medsafetyworld.storage import write_json_atomic
-from medsafetyworld.training.data import PackedBatches, load_token_stream, schedule_regions
+from medsafetyworld.training.data import PackedBatches, cached_token_stream, schedule_regions
 from medsafetyworld.training.nanotron_backend.config import STAGE
 from medsafetyworld.training.nanotron_backend.dataloader import MicroBatches
 from medsafetyworld.training.nanotron_backend.flash_attn_shim import install_flash_attn_shim
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer.configure_records(Path(args.losses), is_main)
     started = trainer.metadata.last_train_step
 
-    tokens = load_token_stream(args.corpus, config.model.model_config.eos_token_id)
+    tokens = cached_token_stream(args.corpus, config.model.model_config.eos_token_id)
     steps = config.tokens.train_steps
     batches = PackedBatches(tokens, trainer.global_batch_size, trainer.sequence_length,
                             config.data_stages[0].data.seed,

@@ -26,7 +26,7 @@ from medsafetyworld.config import ModelConfig, TrainConfig, config_hash, to_dict
 from medsafetyworld.corpus.tokenizer import load_tokenizer
 from medsafetyworld.errors import ConfigError, DataError, MSWError
 from medsafetyworld.storage import write_json_atomic
-from medsafetyworld.training.data import load_token_stream
+from medsafetyworld.training.data import cached_token_stream
 from medsafetyworld.training.model import flops_per_token
 from medsafetyworld.training.nanotron_backend.config import nanotron_config, train_steps, write_config
 from medsafetyworld.training.nanotron_backend.convert import LATEST, convert_checkpoint
@@ -107,11 +107,11 @@ def train_nanotron(corpus_dir: str | os.PathLike, tokenizer_dir: str | os.PathLi
         raise ConfigError(f"the nanotron backend cannot run: {why}")
     corpus_dir, tokenizer_dir, out = Path(corpus_dir), Path(tokenizer_dir), Path(out_dir)
     tok = load_tokenizer(tokenizer_dir)
-    tokens = load_token_stream(corpus_dir, tok.eos_token_id)  # to check and hash; each rank loads its own
+    tokens = cached_token_stream(corpus_dir, tok.eos_token_id)  # written once here; every rank maps the file
     if len(tokens) and int(tokens.max()) >= len(tok):
         raise DataError(f"the shards in {corpus_dir} hold ids beyond the vocabulary of "
                         f"{tokenizer_dir} ({len(tok)} tokens); they were not made with it")
-    corpus_tokens, corpus_hash = len(tokens), hashlib.sha256(tokens.tobytes()).hexdigest()[:16]
+    corpus_tokens, corpus_hash = len(tokens), hashlib.sha256(memoryview(tokens)).hexdigest()[:16]
     del tokens
     gpus = torch.cuda.device_count()
     nproc = gpus if nproc is None else nproc
