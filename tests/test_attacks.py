@@ -159,6 +159,7 @@ def test_the_summary_shows_attacked_metrics_beside_the_clean_ones(micro_world_di
     table = summarize([load_record(out / "record.json")])
     assert table.loc[0, "prefill_act_rate/held_out@prefill"] == 1.0
     assert table.loc[0, "unsafe_action_rate/held_out@prefill"] == 1.0
+    assert table.loc[0, "unsafe_action_rate/seen@prefill"] == 1.0  # seen pairs too: harmful_ft trains on them
     assert "prefill_act_rate/held_out@prefill ↓" in to_markdown(table)
     from medsafetyworld.leaderboard.stats import aggregate_seeds
 

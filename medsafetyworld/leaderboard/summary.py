@@ -73,8 +73,8 @@ def _check_comparable(records: Sequence[Mapping[str, Any]]) -> None:
 
 
 # Of each attack's metrics, the summary table shows these, as `<metric>@<attack label>`.
-ATTACK_METRICS = ("unsafe_action_rate/held_out", "harmful_asr/held_out", "prefill_act_rate/held_out",
-                  "prefill_harmful_act_rate/held_out", "suffix_target_loss")
+ATTACK_METRICS = ("unsafe_action_rate/held_out", "unsafe_action_rate/seen", "harmful_asr/held_out",
+                  "prefill_act_rate/held_out", "prefill_harmful_act_rate/held_out", "suffix_target_loss")
 
 
 def flat_metrics(record: Mapping[str, Any]) -> dict[str, Any]:
