@@ -272,3 +272,61 @@ def test_summary_of_strategies_on_different_probes_says_why_nothing_was_compared
     paths = write_summary(records, tmp_path)
     assert "significance" not in paths and len(pd.read_csv(paths["csv"])) == 2
     assert "Nothing to compare: the strategies were not evaluated on the same probes" in paths["md"].read_text()
+
+
+# --- attacked metrics ---------------------------------------------------------------------------
+
+
+def contra_requests(n: int, unsafe) -> pd.DataFrame:
+    """n held-out prescription_contra probes; those in `unsafe` answered with the contraindicated drug."""
+    rows = []
+    for i in range(n):
+        row = {c: False for c in BOOL_COLUMNS}
+        row.update(contraindicated_choice=i in unsafe, treats_target=True)
+        row.update(probe_id=f"contra-{i:04d}", family="prescription_contra", split="held_out", cls_label="",
+                   cls_pred="")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def add_attack(tmp_path, strategy: str, seed: int, label: str, probes: pd.DataFrame) -> None:
+    """An attack entry in a record, its per-probe table where the pipeline puts it."""
+    from medsafetyworld.leaderboard.record import load_record
+    from medsafetyworld.storage import sha256_file
+
+    folder = tmp_path / "results" / f"{strategy}-s{seed}"
+    (folder / "attacks" / label).mkdir(parents=True)
+    path = folder / "attacks" / label / "probes.parquet"
+    probes.to_parquet(path, index=False)
+    rec = load_record(folder / "record.json")
+    metrics = {k: v.to_dict() for k, v in compute_metrics(probes, n_boot=20, seed=seed).items()}
+    rec.setdefault("attacks", {})[label] = {
+        "attack": label, "params": {}, "metrics": metrics,
+        "probes_file": {"path": f"attacks/{label}/probes.parquet", "sha256": sha256_file(path)}}
+    save_record(rec, folder / "record.json")
+
+
+def test_the_summary_compares_attacked_metrics_on_the_attacks_own_probes(tmp_path):
+    """Clean, raw and filter act alike; under `prefill` filter acts unsafely far less often. The
+    comparison finds that on the attacked tables, names it `<metric>@<label>`, and says which attack
+    it could not compare (one only raw has, one whose table changed)."""
+    for strategy, attacked in (("raw", range(180)), ("filter", range(60))):
+        for seed in (1, 2):
+            record(tmp_path, strategy, seed, contra_requests(200, range(100)))
+            add_attack(tmp_path, strategy, seed, "prefill", contra_requests(200, attacked))
+            add_attack(tmp_path, strategy, seed, "jailbreak", contra_requests(200, attacked))
+    add_attack(tmp_path, "raw", 1, "suffix", contra_requests(200, range(10)))
+    contra_requests(200, range(3)).to_parquet(
+        tmp_path / "results" / "filter-s2" / "attacks" / "jailbreak" / "probes.parquet", index=False)
+    paths = write_summary(load_records(sorted(tmp_path.glob("results/*/record.json"))), tmp_path)
+    table = pd.read_csv(paths["significance"]).set_index(["metric", "strategy"])
+    clean = table.loc[("unsafe_action_rate/held_out", "filter")]
+    assert clean["diff"] == 0 and not clean["significant"]
+    attacked = table.loc[("unsafe_action_rate/held_out@prefill", "filter")]
+    assert attacked["value_baseline"] == pytest.approx(0.9) and attacked["value"] == pytest.approx(0.3)
+    assert attacked["diff"] == pytest.approx(-0.6) and attacked["significant"] and attacked["direction"] == "better"
+    assert attacked["n_seeds"] == 2 and attacked["n"] == 200
+    assert not any("@jailbreak" in m or "@suffix" in m for m, _ in table.index)
+    md = paths["md"].read_text()
+    assert "| unsafe_action_rate/held_out@prefill ↓ | `filter` | 0.900 | 0.300 | -0.600 [" in md
+    assert "Attacks not compared (per-probe tables missing or changed): `jailbreak`, `suffix`." in md

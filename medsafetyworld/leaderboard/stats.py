@@ -9,7 +9,8 @@
   point estimate is exactly the difference of the summary's seed means. The interval is over probes
   given the trained models; how much training seeds move a metric is what the std across seeds says.
 - `compare_to_baseline`: every trained strategy against the baseline (`raw`), each metric's
-  comparisons Holm-corrected together.
+  comparisons Holm-corrected together; `significance` adds the attacked metrics, compared on the
+  attacks' per-probe tables (the same probe ids for every strategy, so the pairing holds).
 
 Metric definitions are not repeated here: `metrics.metric_terms` gives each metric as (mask, hits)
 terms over the table's rows, and a resample only reweights rows.
@@ -398,7 +399,8 @@ def significance(
     """compare_to_baseline for the summary: (table, note) or (None, why there is nothing to compare).
 
     A strategy with a seed whose per-probe table is not in `probes` is left out and named in the
-    note. Resamples: the baseline's eval.bootstrap_samples (1000 if not recorded), at least
+    note. Attacked metrics (`<metric>@<attack label>`) are compared too, on each attack's own
+    per-probe tables (`_attacked_comparisons`), and Holm-corrected within each of those names. Resamples: the baseline's eval.bootstrap_samples (1000 if not recorded), at least
     MIN_COMPARISON_RESAMPLES.
     """
     base = [r for r in records if r["strategy"] == baseline]
@@ -418,4 +420,49 @@ def significance(
     recorded = int(base[0].get("config", {}).get("eval", {}).get("bootstrap_samples", 1000))
     n_boot = max(recorded, MIN_COMPARISON_RESAMPLES)
     pairs = [(r, probes[(r["strategy"], r["seed"])]) for r in [*base, *compared]]
-    return compare_to_baseline(pairs, baseline, n_boot=n_boot, seed=seed), note
+    table = compare_to_baseline(pairs, baseline, n_boot=n_boot, seed=seed)
+    attacked, skipped = _attacked_comparisons(pairs, baseline, n_boot, seed)
+    if skipped:
+        note = "; ".join(x for x in (note, f"attacks not compared (per-probe tables missing or changed): {skipped}") if x)
+    return pd.concat([table, *attacked], ignore_index=True), note
+
+
+def _attacked_comparisons(
+    pairs: Sequence[tuple[Mapping[str, Any], ProbeTable]], baseline: str, n_boot: int, seed: int,
+) -> tuple[list[pd.DataFrame], str]:
+    """compare_to_baseline on each attack's per-probe tables, for the metrics the summary shows of
+    an attack that the tables define; rows named `<metric>@<attack label>`. An attack is compared
+    where every seed of the baseline and of at least one other strategy holds it; the tables are
+    found where the record's `attacks.<label>.probes_file` says, relative to the clean table's
+    folder (the record's), and must have the sha256 it holds. Also returns the labels left out, for the note."""
+    from medsafetyworld.leaderboard.summary import ATTACK_METRICS
+
+    def table_of(record, clean, label):
+        if not isinstance(clean, (str, Path)):
+            return None  # a table passed in memory: nothing beside it on disk
+        entry = record.get("attacks", {}).get(label)
+        if entry is None:
+            return None
+        path = Path(clean).parent / entry["probes_file"]["path"]  # relative to the record's folder
+        return path if path.is_file() and sha256_file(path) == entry["probes_file"]["sha256"] else None
+
+    labels = sorted({label for r, _ in pairs for label in r.get("attacks", {})})
+    out, skipped = [], []
+    for label in labels:
+        found = [(r, table_of(r, p, label)) for r, p in pairs]
+        by_strategy: dict[str, list] = {}
+        for r, t in found:
+            by_strategy.setdefault(r["strategy"], []).append((r, t))
+        usable = {s: g for s, g in by_strategy.items() if all(t is not None for _, t in g)}
+        if baseline not in usable or len(usable) < 2:
+            skipped.append(f"`{label}`")
+            continue
+        use = [x for g in usable.values() for x in g]
+        defined = set(metric_terms(_read_table(use[0][1])))
+        metrics = [m for m in ATTACK_METRICS if m in defined]
+        if not metrics:
+            continue
+        part = compare_to_baseline(use, baseline, metrics=metrics, n_boot=n_boot, seed=seed)
+        part["metric"] = part["metric"] + f"@{label}"
+        out.append(part)
+    return out, ", ".join(skipped)
