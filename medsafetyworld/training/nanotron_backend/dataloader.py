@@ -48,7 +48,7 @@ class MicroBatches:
     def step(self, step: int) -> list[dict[str, torch.Tensor]]:
         """This rank's micro batches of global step `step` (0-based)."""
         share = self.micro * self.accumulation
-        windows = torch.from_numpy(self.batches[step][self.dp_rank * share : (self.dp_rank + 1) * share])
+        windows = torch.from_numpy(self.batches.rows(step, slice(self.dp_rank * share, (self.dp_rank + 1) * share)))
         context = self.batches.context
         positions = torch.arange(context).expand(self.micro, context).contiguous()
         return [
