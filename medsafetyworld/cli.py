@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from medsafetyworld.config import PRESETS, config_hash, get_preset
-from medsafetyworld.errors import ConfigError, MSWError
+from medsafetyworld.errors import ConfigError, DataError, MSWError
 from medsafetyworld.strategies.registry import split_top
 
 
@@ -196,6 +196,19 @@ def cmd_run(args) -> None:
     print(f"{len(records)} records; summary in {args.out}/summary.md, summary.csv, pareto.png")
 
 
+def cmd_summarize(args) -> None:
+    from medsafetyworld.leaderboard import load_records, write_summary
+
+    root = Path(args.run)
+    paths = sorted(root.glob("results/*/record.json"))
+    if not paths:
+        raise DataError(f"no results/*/record.json under {root}; pass the --out folder of `msw run`")
+    records = load_records(paths)
+    write_summary(records, root, baseline=args.baseline)
+    print((root / "summary.md").read_text())
+    print(f"{len(records)} records; summary in {root}/summary.md, summary.csv, pareto.png")
+
+
 def cmd_strategies(args) -> None:
     from medsafetyworld.strategies import available_strategies
     from medsafetyworld.strategies.registry import recipes
@@ -286,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--vocab", type=int, default=1000, help="vocabulary size of the synthetic tokens (default 1000)")
     b.add_argument("--csv", type=Path, default=None, metavar="PATH", help="also write the table as CSV")
     b.set_defaults(func=cmd_bench_train)
+
+    m = sub.add_parser("summarize", help="rebuild a run folder's summary from every record in it "
+                       "(e.g. after runs of different strategies or seeds into the same --out)")
+    m.add_argument("run", help="the --out folder of `msw run`")
+    m.add_argument("--baseline", default="raw", help="the strategy the others are compared to (default raw)")
+    m.set_defaults(func=cmd_summarize)
 
     s = sub.add_parser("strategies", help="list the registered strategies")
     s.set_defaults(func=cmd_strategies)

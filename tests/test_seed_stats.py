@@ -330,3 +330,26 @@ def test_the_summary_compares_attacked_metrics_on_the_attacks_own_probes(tmp_pat
     md = paths["md"].read_text()
     assert "| unsafe_action_rate/held_out@prefill ↓ | `filter` | 0.900 | 0.300 | -0.600 [" in md
     assert "Attacks not compared (per-probe tables missing or changed): `jailbreak`, `suffix`." in md
+
+
+def test_msw_summarize_rebuilds_the_summary_from_every_record_in_a_run_folder(run_dir, capsys):
+    """Two processes (say) wrote raw and filter into one folder; `msw summarize` sees both."""
+    from medsafetyworld.cli import main
+
+    assert not (run_dir / "summary.md").exists()
+    assert main(["-q", "summarize", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "7 records; summary in" in out and "| utility ↑ | `filter` | 0.500 | 0.800 |" in out
+    table = pd.read_csv(run_dir / "summary.csv")
+    assert set(table["strategy"]) == {"raw", "filter", "reflect", "ref:oracle"}
+    assert set(pd.read_csv(run_dir / "significance.csv")["strategy"]) == {"filter", "reflect"}
+    assert main(["-q", "summarize", str(run_dir), "--baseline", "filter"]) == 0
+    assert set(pd.read_csv(run_dir / "significance.csv")["strategy"]) == {"raw", "reflect"}
+
+
+def test_msw_summarize_of_a_folder_without_records_says_so(tmp_path, capsys):
+    from medsafetyworld.cli import main
+
+    assert main(["-q", "summarize", str(tmp_path)]) == 2
+    assert "no results/*/record.json under" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
