@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from medsafetyworld.errors import DataError
 
@@ -36,21 +36,28 @@ def sha256_file(path: Path | str) -> str:
     return h.hexdigest()
 
 
-def write_atomic(path: Path | str, data: bytes | str) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and os.replace."""
+@contextmanager
+def atomic_file(path: Path | str) -> Iterator[BinaryIO]:
+    """A binary file to write `path` through: a temporary file in the same folder that replaces
+    `path` (os.replace) only if the block completes; otherwise it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(payload)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: Path | str, data: bytes | str) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and os.replace."""
+    with atomic_file(path) as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def write_json_atomic(path: Path | str, obj: Any) -> None:

@@ -148,10 +148,10 @@ def test_an_unwritable_corpus_folder_falls_back_to_memory(corpus, tmp_path, monk
     root, tok, _ = corpus
     folder = copy_shards(root, tmp_path)
 
-    def refuse(path, array):
+    def refuse(path):
         raise PermissionError(f"read-only: {path}")
 
-    monkeypatch.setattr(data_module, "write_npy_atomic", refuse)
+    monkeypatch.setattr(data_module, "atomic_file", refuse)
     stream = cached_token_stream(folder, tok.eos_token_id)
     assert not isinstance(stream, np.memmap)
     assert np.array_equal(stream, load_token_stream(folder, tok.eos_token_id)) and cache_files(folder) == []

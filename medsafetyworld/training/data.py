@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from medsafetyworld.errors import DataError
+from medsafetyworld.storage import atomic_file
 
 ASSISTANT = "\nAssistant:"
 
@@ -88,12 +88,13 @@ def cached_token_stream(corpus_dir: str | os.PathLike, eos_id: int) -> np.ndarra
     folder = Path(corpus_dir)
     shards = shard_paths(folder)
     key = hashlib.sha256(json.dumps(
-        [eos_id, [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in shards]]).encode()).hexdigest()[:16]
+        [eos_id, [(p.name, (st := p.stat()).st_size, st.st_mtime_ns) for p in shards]]).encode()).hexdigest()[:16]
     path = folder / f"{CACHE_PREFIX}{key}.npy"
     if not path.is_file():
         stream = load_token_stream(folder, eos_id)
         try:
-            write_npy_atomic(path, stream)
+            with atomic_file(path) as f:
+                np.save(f, stream, allow_pickle=False)
         except OSError:
             return stream
         for stale in folder.glob(f"{CACHE_PREFIX}*.npy"):
@@ -103,18 +104,6 @@ def cached_token_stream(corpus_dir: str | os.PathLike, eos_id: int) -> np.ndarra
         return np.load(path, mmap_mode="r")
     except (OSError, ValueError) as e:
         raise DataError(f"{path} is unreadable ({e}); delete it and it is rebuilt from the shards") from None
-
-
-def write_npy_atomic(path: Path, array: np.ndarray) -> None:
-    """np.save through a temporary file in the same folder and os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
