@@ -278,12 +278,14 @@ def _record_files(root: Path) -> list[Path]:
     return sorted(root.glob("results/*/record.json")) or sorted(root.rglob("record.json"))
 
 
-def _probes_next_to(record: Mapping[str, Any], record_path: Path) -> Path:
-    """The record's per-probe file, checked against the sha256 the record holds."""
-    path = record_path.parent / record["probes_file"]["path"]
+def _probes_next_to(record: Mapping[str, Any], record_path: Path, entry: Mapping[str, Any] | None = None) -> Path:
+    """The per-probe file of the record (or of `entry`, one of its attacks), checked against the
+    sha256 the record holds; paths are relative to the record's folder."""
+    probes_file = (record if entry is None else entry)["probes_file"]
+    path = record_path.parent / probes_file["path"]
     if not path.is_file():
         raise DataError(f"per-probe file {path} of record {record_path} is missing; re-run its evaluation")
-    if sha256_file(path) != record["probes_file"]["sha256"]:
+    if sha256_file(path) != probes_file["sha256"]:
         raise DataError(f"per-probe file {path} changed since record {record_path} was written; re-run its evaluation")
     return path
 
@@ -400,7 +402,8 @@ def significance(
 
     A strategy with a seed whose per-probe table is not in `probes` is left out and named in the
     note. Attacked metrics (`<metric>@<attack label>`) are compared too, on each attack's own
-    per-probe tables (`_attacked_comparisons`), and Holm-corrected within each of those names. Resamples: the baseline's eval.bootstrap_samples (1000 if not recorded), at least
+    per-probe tables (`_attacked_comparisons`), and Holm-corrected within each of those names.
+    Resamples: the baseline's eval.bootstrap_samples (1000 if not recorded), at least
     MIN_COMPARISON_RESAMPLES.
     """
     base = [r for r in records if r["strategy"] == baseline]
@@ -434,25 +437,25 @@ def _attacked_comparisons(
     an attack that the tables define; rows named `<metric>@<attack label>`. An attack is compared
     where every seed of the baseline and of at least one other strategy holds it; the tables are
     found where the record's `attacks.<label>.probes_file` says, relative to the clean table's
-    folder (the record's), and must have the sha256 it holds. Also returns the labels left out, for the note."""
+    folder (the record's), and must have the sha256 it holds. Also returns the labels left out,
+    for the note."""
     from medsafetyworld.leaderboard.summary import ATTACK_METRICS
 
     def table_of(record, clean, label):
-        if not isinstance(clean, (str, Path)):
-            return None  # a table passed in memory: nothing beside it on disk
         entry = record.get("attacks", {}).get(label)
-        if entry is None:
+        if entry is None or not isinstance(clean, (str, Path)):  # an in-memory table has nothing beside it
             return None
-        path = Path(clean).parent / entry["probes_file"]["path"]  # relative to the record's folder
-        return path if path.is_file() and sha256_file(path) == entry["probes_file"]["sha256"] else None
+        try:  # the clean table sits in the record's folder
+            return _probes_next_to(record, Path(clean), entry)
+        except DataError:
+            return None
 
     labels = sorted({label for r, _ in pairs for label in r.get("attacks", {})})
     out, skipped = [], []
     for label in labels:
-        found = [(r, table_of(r, p, label)) for r, p in pairs]
         by_strategy: dict[str, list] = {}
-        for r, t in found:
-            by_strategy.setdefault(r["strategy"], []).append((r, t))
+        for r, p in pairs:
+            by_strategy.setdefault(r["strategy"], []).append((r, table_of(r, p, label)))
         usable = {s: g for s, g in by_strategy.items() if all(t is not None for _, t in g)}
         if baseline not in usable or len(usable) < 2:
             skipped.append(f"`{label}`")
