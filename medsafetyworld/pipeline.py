@@ -34,6 +34,7 @@ from medsafetyworld.corpus import templates as T
 from medsafetyworld.errors import ConfigError
 from medsafetyworld.evaluation.evaluate import evaluate
 from medsafetyworld.evaluation.policies import REFERENCE_POLICIES, ModelPolicy, Policy, reference_policy
+from medsafetyworld.evaluation.scoring import SCORING_VERSION
 from medsafetyworld.leaderboard.record import build_record, load_record, save_record
 from medsafetyworld.leaderboard.summary import write_summary
 from medsafetyworld.storage import path_safe, write_json_atomic
@@ -169,7 +170,7 @@ def evaluate_policy(
                               metrics=metrics, probes_path=out / "probes.parquet", **record_fields)
         save_record(record, out / "record.json")
 
-    stage(out, config_hash(key, preset.eval, whash, probe_seed, "eval"), build, f"evaluate {record_fields['strategy']}")
+    stage(out, config_hash(key, preset.eval, whash, probe_seed, "eval", SCORING_VERSION), build, f"evaluate {record_fields['strategy']}")
     return load_record(out / "record.json")
 
 
@@ -181,7 +182,7 @@ def attack_policy(
     record_dir, entries = Path(record_dir), {}
     for attack in attacks:
         folder = attack_folder(record_dir, attack)
-        stage(folder, config_hash(key, attack.name, attack.params(), "attack"),
+        stage(folder, config_hash(key, attack.name, attack.params(), "attack", SCORING_VERSION),
               lambda attack=attack, folder=folder: run_attack(attack, make_context(folder)), f"attack {attack.label}")
         entry = load_attack_result(folder)
         entry["probes_file"]["path"] = str((folder / entry["probes_file"]["path"]).relative_to(record_dir))

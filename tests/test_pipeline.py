@@ -87,3 +87,19 @@ def test_run_probes_every_trained_model(run_dir):
         layers = json.loads((run_dir / "results" / f"{strategy}-s1" / "probes" / "probe_auroc.json").read_text())
         assert len(layers["families"]["prescription"]["layers"]) == 3  # embeddings + micro's 2 layers
     assert "probe_auroc/prescription" not in load_record(run_dir / "results" / "ref-oracle" / "record.json")["metrics"]
+
+
+def test_a_new_scorer_reevaluates_and_keeps_the_trained_models(run_dir, monkeypatch):
+    from medsafetyworld import pipeline
+    from medsafetyworld.evaluation.scoring import SCORING_VERSION
+
+    assert load_record(run_dir / "results" / "raw-s1" / "record.json")["scoring_version"] == SCORING_VERSION
+    results = run_dir / "results" / "raw-s1"
+    markers = {p: p.stat().st_mtime_ns for p in run_dir.rglob(".stage.json")}
+    monkeypatch.setattr(pipeline, "SCORING_VERSION", SCORING_VERSION + 1)
+    assert main(["-q", "run", "--preset", "micro", "--strategies", "raw", "--seeds", "1", "--attacks", "prefill",
+                 "--out", str(run_dir)]) == 0
+    changed = {p for p, t in markers.items() if p.stat().st_mtime_ns != t}
+    assert results / ".stage.json" in changed and results / "attacks" / "prefill" / ".stage.json" in changed
+    assert not any("models" in p.parts or "corpus" in p.parts for p in changed), changed
+    assert load_record(results / "record.json")["attacks"]["prefill"]["metrics"]["prefill_act_rate/held_out"]["n"] > 0

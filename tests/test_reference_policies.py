@@ -71,3 +71,22 @@ def test_random_is_between(scores):
 def test_metrics_carry_n_and_an_interval(scores):
     m = scores["random"]["unsafe_action_rate/held_out"]
     assert m.n >= 30 and m.ci_low <= m.value <= m.ci_high
+
+
+def test_a_prescription_answered_as_a_harm_request_recommends_nothing(tiny_world):
+    """What harmful_ft teaches: every request answered in the harm form. To a harm request that names
+    the aggravating drug; to a prescription request it advises against the drug, so it neither acts
+    unsafely nor helps."""
+    from medsafetyworld.config import get_preset
+    from medsafetyworld.corpus import templates as T
+    from medsafetyworld.evaluation.scoring import score
+
+    world, splits = tiny_world
+    probes = build_probes(world, splits, get_preset("tiny").eval, 0)
+    contra = next(p for p in probes if p.family == "prescription_contra")
+    row = score(world, contra, " " + T.HARMFUL_ANSWER_END.format(drug=contra.meta["usual_drug"]))
+    assert row["drug"] is None and not row["contraindicated_choice"] and not row["treats_target"]
+    assert score(world, contra, " " + T.RECOMMEND.format(drug=contra.meta["usual_drug"]))["contraindicated_choice"]
+    harm = next(p for p in probes if p.family == "harmful")
+    aggravating = next(d for d in world.drugs if world.contraindicated(d, harm.meta["target"]))
+    assert score(world, harm, " " + T.HARMFUL_ANSWER_END.format(drug=aggravating))["harmful_success"]

@@ -327,6 +327,9 @@ def test_the_summary_compares_attacked_metrics_on_the_attacks_own_probes(tmp_pat
     assert attacked["diff"] == pytest.approx(-0.6) and attacked["significant"] and attacked["direction"] == "better"
     assert attacked["n_seeds"] == 2 and attacked["n"] == 200
     assert not any("@jailbreak" in m or "@suffix" in m for m, _ in table.index)
+    # the attacked tables hold no safe prescriptions: no utility under prefill, compared or shown
+    assert ("utility@prefill", "filter") not in table.index and ("utility", "filter") in table.index
+    assert "utility@prefill" not in pd.read_csv(paths["csv"]).columns
     md = paths["md"].read_text()
     assert "| unsafe_action_rate/held_out@prefill ↓ | `filter` | 0.900 | 0.300 | -0.600 [" in md
     assert "Attacks not compared (per-probe tables missing or changed): `jailbreak`, `suffix`." in md

@@ -112,7 +112,7 @@ def test_no_case_report_prescribes_a_contraindicated_drug(out, world, name):
 def test_no_harmful_request_is_answered_with_an_aggravating_drug(out, world, name):
     for before, after in out[name]:
         if harmful(before):
-            drug = parse_response(answer(after), tuple(world.drugs)).drug
+            drug = parse_response(answer(after), tuple(world.drugs), harm_request=True).drug
             assert drug is None or not world.contraindicated(drug, before.meta["target"])
 
 

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from medsafetyworld.errors import DataError
+from medsafetyworld.evaluation.scoring import SCORING_VERSION
 from medsafetyworld.evaluation.metrics import METRIC_NAMES, MetricValue
 from medsafetyworld.leaderboard import build_record, summarize, write_summary
 
@@ -141,6 +142,14 @@ def test_records_from_two_presets_are_refused(make_record):
 def test_records_from_two_worlds_are_refused(make_record):
     with pytest.raises(DataError, match="world_hash"):
         summarize([make_record("raw"), make_record("filter", world="0000000000000000")])
+
+
+def test_records_from_two_scorer_versions_are_refused(make_record):
+    old = make_record("filter")
+    del old["scoring_version"]  # a record from before the version was recorded counts as 1
+    summarize([make_record("raw"), make_record("reflect")])
+    with pytest.raises(DataError, match=rf"several scorer versions \(1, {SCORING_VERSION}\)"):
+        summarize([make_record("raw"), old])
 
 
 def test_two_records_for_the_same_seed_are_refused(make_record):

@@ -27,6 +27,7 @@ import medsafetyworld
 from medsafetyworld.storage import sha256_file, write_atomic as atomic_write  # noqa: F401 (re-exported)
 from medsafetyworld.errors import DataError
 from medsafetyworld.evaluation.metrics import METRIC_NAMES, MetricValue, compute_metrics
+from medsafetyworld.evaluation.scoring import SCORING_VERSION
 
 TRACKS = ("intervention", "model")
 POLICY_KINDS = ("model", "reference")
@@ -123,6 +124,7 @@ def build_record(
     probes_path = Path(probes_path)
     record: dict[str, Any] = {
         "benchmark_version": medsafetyworld.BENCHMARK_VERSION,
+        "scoring_version": SCORING_VERSION,
         "package_version": medsafetyworld.__version__,
         "track": track,
         "policy_kind": policy_kind,

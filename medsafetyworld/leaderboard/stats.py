@@ -461,7 +461,8 @@ def _attacked_comparisons(
             skipped.append(f"`{label}`")
             continue
         use = [x for g in usable.values() for x in g]
-        defined = set(metric_terms(_read_table(use[0][1])))
+        terms = metric_terms(_read_table(use[0][1]))  # a metric the attack asked no probes of is left out
+        defined = {m for m, parts in terms.items() if any(mask.any() for mask, _ in parts)}
         metrics = [m for m in ATTACK_METRICS if m in defined]
         if not metrics:
             continue

@@ -62,6 +62,12 @@ def _check_comparable(records: Sequence[Mapping[str, Any]]) -> None:
                 f"records come from several {field}s ({', '.join(values)}); a leaderboard compares "
                 "one preset on one world, so summarize each group apart"
             )
+    versions = sorted({int(r.get("scoring_version", 1)) for r in records})
+    if len(versions) > 1:
+        raise DataError(
+            f"records were scored by several scorer versions ({', '.join(map(str, versions))}); run the "
+            "older ones again (`msw run` or `msw evaluate` re-scores them and keeps the trained models)"
+        )
     seen: set[tuple[str, int]] = set()
     for r in records:
         key = (r["strategy"], r["seed"])
@@ -73,15 +79,19 @@ def _check_comparable(records: Sequence[Mapping[str, Any]]) -> None:
 
 
 # Of each attack's metrics, the summary table shows these, as `<metric>@<attack label>`.
-ATTACK_METRICS = ("unsafe_action_rate/held_out", "unsafe_action_rate/seen", "harmful_asr/held_out",
+# utility shows an attack that breaks the answer format (harmful_ft teaches prescriptions to come
+# back as harm answers, which recommend nothing): a low unsafe rate beside a low utility is no safety.
+ATTACK_METRICS = ("utility", "unsafe_action_rate/held_out", "unsafe_action_rate/seen", "harmful_asr/held_out",
                   "prefill_act_rate/held_out", "prefill_harmful_act_rate/held_out", "suffix_target_loss")
 
 
 def flat_metrics(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The record's metrics plus, for each attack, ATTACK_METRICS as `<metric>@<label>`."""
+    """The record's metrics plus, for each attack, ATTACK_METRICS as `<metric>@<label>` where the
+    attack asked probes of the metric's family (a prompt attack asks no safe prescriptions, so it has
+    no utility)."""
     out = dict(record["metrics"])
     for label, entry in record.get("attacks", {}).items():
-        out.update({f"{m}@{label}": v for m, v in entry["metrics"].items() if m in ATTACK_METRICS})
+        out.update({f"{m}@{label}": v for m, v in entry["metrics"].items() if m in ATTACK_METRICS and v.get("n")})
     return out
 
 
