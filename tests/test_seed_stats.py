@@ -9,7 +9,7 @@ import pytest
 from medsafetyworld.errors import ConfigError, DataError
 from medsafetyworld.evaluation.metrics import BOOL_COLUMNS, METRIC_NAMES, MetricValue, compute_metrics
 from medsafetyworld.leaderboard import build_record, load_records, save_record, summarize, write_summary
-from medsafetyworld.leaderboard.stats import aggregate_seeds, compare_to_baseline, holm, paired_bootstrap
+from medsafetyworld.leaderboard.stats import aggregate_seeds, compare_to_baseline, holm, paired_bootstrap, seed_pairs
 
 N_BOOT = 200
 
@@ -193,6 +193,30 @@ def test_holm_adjusts_known_p_values():
     assert adjusted[[0, 2]] == pytest.approx([0.04, 0.04]) and math.isnan(adjusted[1])
 
 
+def test_seed_pairs_count_the_seed_pairs_that_differ_in_the_direction_of_the_difference():
+    # strategy seeds 0.1, 0.75, 0.95 against baseline seeds 0.9, 0.8, 0.85 (mean difference -0.25): the
+    # first two seeds are below every baseline seed (6 pairs), the third above every one (0)
+    assert seed_pairs([0.9, 0.8, 0.85], [0.1, 0.75, 0.95], -0.25) == (6, 9)
+    assert seed_pairs([0.9, 0.8, 0.85], [0.1, 0.75, 0.95], +0.25) == (3, 9)
+    assert seed_pairs([0.5, 0.5], [0.4, 0.5], -0.05) == (2, 4)  # a tie agrees with neither direction
+    assert seed_pairs([0.5, math.nan], [0.4], -0.1) == (1, 1)  # a seed where the metric is undefined
+    assert seed_pairs([0.5], [0.5], 0.0) == (0, 1)
+
+
+def test_a_difference_carried_by_one_seed_shows_in_the_seed_pairs(tmp_path):
+    """filter's first seed is far better than raw's seeds and its second a little worse: the pooled
+    difference is real over probes (significant), but only 2 of the 4 seed pairs show it."""
+    for seed in (1, 2):
+        record(tmp_path, "raw", seed, safe_requests(200, range(100)))
+    record(tmp_path, "filter", 1, safe_requests(200, range(190)))
+    record(tmp_path, "filter", 2, safe_requests(200, range(90)))
+    row = compare_to_baseline(tmp_path, metrics=["utility"], n_boot=2000).iloc[0]
+    assert row["diff"] == pytest.approx(0.2) and row["significant"]
+    assert (row["seed_pairs_agreeing"], row["seed_pairs"]) == (2, 4)
+    md = write_summary(load_records(sorted(tmp_path.glob("results/*/record.json"))), tmp_path)["md"].read_text()
+    assert "| utility ↑ | `filter` | 0.500 | 0.700 | +0.200 [" in md and "| 2/4 | better |" in md
+
+
 @pytest.fixture
 def run_dir(tmp_path):
     record(tmp_path, "ref:oracle", 0, safe_requests(200, range(200)))
@@ -211,6 +235,7 @@ def test_compare_to_baseline_finds_the_real_difference_and_not_the_noise(run_dir
     assert rows.loc[("utility", "filter"), "diff"] == pytest.approx(0.3)
     assert rows.loc[("utility", "filter"), ["n_seeds", "n_seeds_baseline", "n"]].tolist() == [2, 2, 200]
     assert rows.loc[("utility", "filter"), "significant"] and rows.loc[("utility", "filter"), "direction"] == "better"
+    assert rows.loc[("utility", "filter"), ["seed_pairs_agreeing", "seed_pairs"]].tolist() == [4, 4]
     assert not rows.loc[("utility", "reflect"), "significant"]
     assert not rows["significant"].loc["over_refusal"].any()  # nobody refuses: diff 0, p 1
     for _, group in table.groupby("metric"):

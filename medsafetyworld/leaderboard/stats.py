@@ -45,6 +45,7 @@ SEED_COLUMNS = ("strategy", "policy_kind", "metric", "n_seeds", "mean", "std", "
 COMPARISON_COLUMNS = (
     "metric", "strategy", "baseline", "n_seeds", "n_seeds_baseline", "n", "value", "value_baseline",
     "diff", "ci_low", "ci_high", "p_value", "p_holm", "significant", "direction", "n_boot",
+    "seed_pairs_agreeing", "seed_pairs",
 )
 # The smallest bootstrap p-value is 2 / (n_boot + 1) and Holm multiplies it by the number of
 # strategies, so with the micro preset's 200 resamples five strategies could never reach 0.05.
@@ -164,20 +165,32 @@ class _Design:
             used = [c for side in self.columns[m] for cols in side for c in cols]
             self.n[m] = int(self.masks[:, used].any(axis=1).sum())
 
-    def values(self, counts: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Per metric, (side a, side b) values of every resample row of `counts`: a term's rate is
-        its weighted hit share, a table's metric the mean of its defined terms, a side's the mean
-        over its seeds of the defined ones (as the summary leaves undefined seeds out)."""
+    def table_values(self, counts: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per metric, (side a, side b) as (resamples x tables) arrays: a term's rate is its weighted
+        hit share, a table's metric the mean of its defined terms."""
         with np.errstate(invalid="ignore", divide="ignore"):
             rates = (counts @ self.hits) / (counts @ self.masks)
-        out = {}
-        for m, sides in self.columns.items():
-            per_side = []
-            for tables in sides:
-                per_table = [_nanmean(rates[:, cols], axis=1) for cols in tables]
-                per_side.append(_nanmean(np.stack(per_table, axis=1), axis=1))
-            out[m] = (per_side[0], per_side[1])
-        return out
+        return {
+            m: tuple(np.stack([_nanmean(rates[:, cols], axis=1) for cols in tables], axis=1) for tables in sides)
+            for m, sides in self.columns.items()
+        }
+
+    def values(self, counts: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per metric, (side a, side b) values of every resample row of `counts`: a side's value is
+        the mean over its seeds' tables of the defined ones (as the summary leaves undefined seeds out)."""
+        return {m: (_nanmean(a, axis=1), _nanmean(b, axis=1)) for m, (a, b) in self.table_values(counts).items()}
+
+
+def seed_pairs(values_a: Sequence[float], values_b: Sequence[float], diff: float) -> tuple[int, int]:
+    """(agreeing, pairs): of every (seed of b, seed of a) pair where both are defined, how many
+    differ in the direction of `diff`, strictly. The probe bootstrap's interval holds the trained
+    seeds fixed; this says whether the difference shows seed by seed or is carried by one seed."""
+    a = np.asarray(values_a, dtype=float)
+    b = np.asarray(values_b, dtype=float)
+    a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+    if math.isnan(diff) or diff == 0:
+        return 0, a.size * b.size
+    return int((np.sign(b[:, None] - a[None, :]) == np.sign(diff)).sum()), a.size * b.size
 
 
 def _resample_counts(n: int, n_boot: int, rng: np.random.Generator) -> Iterable[np.ndarray]:
@@ -219,6 +232,7 @@ def _paired(
             f"metrics {unknown} cannot be recomputed from per-probe tables; choose from {', '.join(terms[0])}"
         )
     design = _Design(terms[: len(tables_a)], terms[len(tables_a):], metrics)
+    per_seed = design.table_values(np.ones((1, n_probes)))
     point = design.values(np.ones((1, n_probes)))
     boot: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
     for counts in _resample_counts(n_probes, n_boot, np.random.default_rng(seed)):
@@ -230,9 +244,11 @@ def _paired(
         diffs = np.concatenate(boot[m]) if boot[m] else np.array([])
         diffs = diffs[~np.isnan(diffs)] if not math.isnan(b - a) else np.array([])
         lo, hi = np.quantile(diffs, [alpha / 2, 1 - alpha / 2]) if diffs.size else (math.nan, math.nan)
+        agreeing, pairs = seed_pairs(per_seed[m][0][0], per_seed[m][1][0], b - a)
         out[m] = {
             "diff": b - a, "ci_low": float(lo), "ci_high": float(hi), "p_value": bootstrap_p_value(diffs),
             "n": design.n[m], "value_a": a, "value_b": b, "n_boot": int(diffs.size),
+            "seed_pairs_agreeing": agreeing, "seed_pairs": pairs,
         }
     return out
 
@@ -252,8 +268,9 @@ def paired_bootstrap(
     indices once for every table of both sides; a side's value is its metric averaged over its seeds.
     Returns diff (point estimate), ci_low/ci_high (percentile interval at 1 - alpha), p_value
     (two-sided, bootstrap_p_value), n (probes counting toward the metric in any table), value_a,
-    value_b and n_boot (resamples where the metric was defined on both sides). Deterministic for a
-    seed; the resamples do not depend on which metric is asked for.
+    value_b, n_boot (resamples where the metric was defined on both sides) and seed_pairs_agreeing
+    of seed_pairs (`seed_pairs`). Deterministic for a seed; the resamples do not depend on which
+    metric is asked for.
     """
     return _paired(_as_tables(probes_a), _as_tables(probes_b), [metric], n_boot, seed, alpha)[metric]
 
@@ -332,8 +349,9 @@ def compare_to_baseline(
     interval, p_value, p_holm (Holm over the strategies compared on that metric; metrics are
     separate questions and are not corrected against each other), significant (the 1 - alpha
     interval excludes 0 and p_holm < alpha), direction ("better"/"worse" given whether higher
-    is better, "" when the difference is 0 or undefined) and n_boot (resamples where the metric was
-    defined on both sides).
+    is better, "" when the difference is 0 or undefined), n_boot (resamples where the metric was
+    defined on both sides) and seed_pairs_agreeing of seed_pairs (`seed_pairs`: whether the
+    difference shows between every seed of one side and every seed of the other).
     """
     runs = _runs(source)
     _check_comparable([r for r, _ in runs])
@@ -359,6 +377,7 @@ def compare_to_baseline(
                 "n_seeds_baseline": len(groups[baseline]), "n": r["n"], "value": r["value_b"],
                 "value_baseline": r["value_a"], "diff": r["diff"], "ci_low": r["ci_low"],
                 "ci_high": r["ci_high"], "p_value": r["p_value"], "n_boot": r["n_boot"],
+                "seed_pairs_agreeing": r["seed_pairs_agreeing"], "seed_pairs": r["seed_pairs"],
             })
     table = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
     table["p_holm"] = table.groupby("metric")["p_value"].transform(lambda p: holm(p.to_numpy()))

@@ -305,17 +305,21 @@ def significance_markdown(comparison: pd.DataFrame | None, note: str, baseline: 
         "averaged within each resample): "
         f"difference = strategy − `{baseline}`, its 95% interval, and p Holm-corrected over the strategies "
         f"compared on each metric. Listed: the {len(significant)} of {len(comparison)} differences that are "
-        "significant (interval excludes 0 and Holm p < 0.05); every one is in significance.csv."
+        "significant (interval excludes 0 and Holm p < 0.05); every one is in significance.csv. The "
+        "interval holds the trained seeds fixed; \"seed pairs\" counts the (strategy seed, baseline seed) "
+        "pairs that differ in the same direction, so a difference carried by one seed shows there."
     )
     if note:
         lines += ["", note[0].upper() + note[1:] + "."]
     if len(significant):
-        lines += ["", f"| metric | strategy | `{baseline}` | strategy | difference [95% interval] | p (Holm) | |",
-                  "|---|---|---:|---:|---:|---:|---|"]
+        lines += ["", f"| metric | strategy | `{baseline}` | strategy | difference [95% interval] | p (Holm) | "
+                      "seed pairs | |",
+                  "|---|---|---:|---:|---:|---:|---:|---|"]
         for _, r in significant.iterrows():
             lines.append(
                 f"| {_header(r['metric'])} | `{r['strategy']}` | {r['value_baseline']:.3f} | {r['value']:.3f} | "
-                f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['p_holm']:.3g} | {r['direction']} |"
+                f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['p_holm']:.3g} | "
+                f"{r['seed_pairs_agreeing']}/{r['seed_pairs']} | {r['direction']} |"
             )
     return "\n".join(lines) + "\n"
 
