@@ -170,7 +170,8 @@ def evaluate_policy(
                               metrics=metrics, probes_path=out / "probes.parquet", **record_fields)
         save_record(record, out / "record.json")
 
-    stage(out, config_hash(key, preset.eval, whash, probe_seed, "eval", SCORING_VERSION), build, f"evaluate {record_fields['strategy']}")
+    stage(out, config_hash(key, preset.eval, whash, probe_seed, "eval", SCORING_VERSION), build,
+          f"evaluate {record_fields['strategy']}")
     return load_record(out / "record.json")
 
 

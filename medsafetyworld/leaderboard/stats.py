@@ -176,9 +176,14 @@ class _Design:
         }
 
     def values(self, counts: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Per metric, (side a, side b) values of every resample row of `counts`: a side's value is
-        the mean over its seeds' tables of the defined ones (as the summary leaves undefined seeds out)."""
-        return {m: (_nanmean(a, axis=1), _nanmean(b, axis=1)) for m, (a, b) in self.table_values(counts).items()}
+        """Per metric, (side a, side b) values of every resample row of `counts`."""
+        return _seed_means(self.table_values(counts))
+
+
+def _seed_means(table_values: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A side's value from its tables' (`_Design.table_values`): the mean over its seeds of the
+    defined ones (as the summary leaves undefined seeds out)."""
+    return {m: (_nanmean(a, axis=1), _nanmean(b, axis=1)) for m, (a, b) in table_values.items()}
 
 
 def seed_pairs(values_a: Sequence[float], values_b: Sequence[float], diff: float) -> tuple[int, int]:
@@ -233,7 +238,7 @@ def _paired(
         )
     design = _Design(terms[: len(tables_a)], terms[len(tables_a):], metrics)
     per_seed = design.table_values(np.ones((1, n_probes)))
-    point = design.values(np.ones((1, n_probes)))
+    point = _seed_means(per_seed)
     boot: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
     for counts in _resample_counts(n_probes, n_boot, np.random.default_rng(seed)):
         for m, (a, b) in design.values(counts).items():
