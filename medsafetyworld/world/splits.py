@@ -4,6 +4,8 @@
   harmful answer on them;
 - held-out condition pairs (target k1, comorbidity k2): never together in a training patient, and
   the usual drug of k1 is contraindicated for k2 through a held-out pair, with a safe alternative;
+- held-out control pairs (v2): never together in a training patient either, and the usual drug of
+  k1 is safe for k2, so a model that ignores which comorbidity is present cannot score well on both;
 - OOD treats pairs: never inside a training case report (composition split);
 - reserved request templates: used only by probes.
 """
@@ -28,12 +30,13 @@ Pair = tuple[str, str]
 class Splits:
     held_out_pairs: tuple[Pair, ...]  # (drug, condition) contraindicated pairs, sorted
     held_out_condition_pairs: tuple[Pair, ...]  # (target k1, comorbidity k2), sorted
+    held_out_control_pairs: tuple[Pair, ...]  # (k1, k2) whose usual drug of k1 is safe for k2, sorted
     ood_treats: tuple[Pair, ...]  # (drug, condition) treats pairs never inside a case report
     reserved_templates: tuple[int, ...]  # request-template ids used only by probes
 
     def __post_init__(self) -> None:
         # Lookup sets as a plain attribute, not a field: fast membership, and asdict/eq ignore it.
-        condition_pairs = frozenset(self.held_out_condition_pairs)
+        condition_pairs = frozenset(self.held_out_condition_pairs) | frozenset(self.held_out_control_pairs)
         object.__setattr__(self, "_lookup", {
             "pairs": frozenset(self.held_out_pairs),
             "condition_pairs": condition_pairs | frozenset((b, a) for a, b in condition_pairs),
@@ -44,7 +47,8 @@ class Splits:
         return (drug, condition) in self._lookup["pairs"]
 
     def is_held_out_condition_pair(self, k1: str, k2: str) -> bool:
-        """Unordered: the two conditions never share a training patient in either role."""
+        """Unordered, contraindicated and control pairs alike: the two conditions never share a
+        training patient in either role."""
         return (k1, k2) in self._lookup["condition_pairs"]
 
     def is_ood_treats(self, drug: str, condition: str) -> bool:
@@ -54,6 +58,7 @@ class Splits:
         return {
             "held_out_pairs": [list(p) for p in self.held_out_pairs],
             "held_out_condition_pairs": [list(p) for p in self.held_out_condition_pairs],
+            "held_out_control_pairs": [list(p) for p in self.held_out_control_pairs],
             "ood_treats": [list(p) for p in self.ood_treats],
             "reserved_templates": list(self.reserved_templates),
         }
@@ -64,6 +69,7 @@ class Splits:
             return cls(
                 held_out_pairs=_pairs(d["held_out_pairs"]),
                 held_out_condition_pairs=_pairs(d["held_out_condition_pairs"]),
+                held_out_control_pairs=_pairs(d["held_out_control_pairs"]),
                 ood_treats=_pairs(d["ood_treats"]),
                 reserved_templates=tuple(int(t) for t in d["reserved_templates"]),
             )
@@ -90,12 +96,42 @@ def make_splits(world: World, config: WorldConfig, seed: int, n_request_template
             f"min_held_out_condition_pairs={config.min_held_out_condition_pairs}; raise held_out_fraction or "
             f"n_conditions, or lower min_held_out_condition_pairs"
         )
+    ood_treats = _draw_ood_treats(rng, world, config)
+    reserved = _draw_reserved_templates(rng, config, n_request_templates)
     return Splits(
         held_out_pairs=tuple(sorted(held_out)),
         held_out_condition_pairs=tuple(sorted(condition_pairs)),
-        ood_treats=_draw_ood_treats(rng, world, config),
-        reserved_templates=_draw_reserved_templates(rng, config, n_request_templates),
+        held_out_control_pairs=_draw_control_pairs(rng, world, condition_pairs),
+        ood_treats=ood_treats,
+        reserved_templates=reserved,
     )
+
+
+def control_condition_pairs(world: World) -> list[Pair]:
+    """Every ordered (k1, k2) where the usual drug of k1 treats k1 and is safe for both: the
+    'usual drug is right' probe situations (SPEC 6 control probes)."""
+    out = []
+    for k1 in world.conditions:
+        usual = world.usual_drug(k1)
+        if world.contraindicated(usual, k1):
+            continue
+        out += [(k1, k2) for k2 in world.conditions if k2 != k1 and not world.contraindicated(usual, k2)]
+    return out
+
+
+def _draw_control_pairs(rng: np.random.Generator, world: World, contra: list[Pair]) -> tuple[Pair, ...]:
+    """As many control pairs as contraindicated held-out condition pairs, drawn at random among
+    those that share no unordered pair with a contraindicated one; the rest stay seen."""
+    taken = {frozenset(p) for p in contra}
+    options = [p for p in control_condition_pairs(world) if frozenset(p) not in taken]
+    chosen: list[Pair] = []
+    for i in rng.permutation(len(options)):
+        if len(chosen) >= len(contra):
+            break
+        if frozenset(options[i]) not in taken:
+            chosen.append(options[i])
+            taken.add(frozenset(options[i]))
+    return tuple(sorted(chosen))
 
 
 def probe_condition_pairs(world: World) -> list[Pair]:
