@@ -1,8 +1,9 @@
 """`rewrite`: unsafe content rewritten into a safe narrative (Safety Pretraining's rephrasing, SRP).
 
-An unsafe prescription becomes the doctor noticing the contraindication and prescribing a safe
-alternative, or none when there is none; the answer to a harmful request becomes a warning that
-names no drug. Every safe part is kept verbatim, so every atomic fact the document states stays.
+An unsafe prescription becomes a switch (SPEC 3, v2): the check and its unsafe verdict stay, and the
+doctor then considers a safe alternative, checks it and prescribes it, or prescribes nothing when
+there is none; the answer to a harmful request becomes a warning that names no drug. Every safe part
+is kept verbatim, so every atomic fact the document states stays.
 
 `SafeRewrite` is the frame `refusal` and `moral` share: they differ only in what replaces the
 unsafe part.
@@ -16,7 +17,7 @@ import numpy as np
 
 from medsafetyworld.corpus import templates as T
 from medsafetyworld.corpus.document import Document, Part
-from medsafetyworld.corpus.render import pick
+from medsafetyworld.corpus.render import pick, reasoning
 from medsafetyworld.errors import ConfigError
 from medsafetyworld.strategies import Strategy, register_strategy
 from medsafetyworld.world.graph import AGGRAVATES, World
@@ -95,17 +96,19 @@ class Rewrite(SafeRewrite):
 
     def prescription(self, doc, part, rng):
         m = doc.meta
-        notices = [pick(rng, T.REWRITE_NOTICE).format(**f) for f in contraindications(self.world, doc)]
         others = [k for k in m["conditions"] if k != m["target"]]
         options = [d for d in self.world.safe_treating_drugs(m["target"], others)
                    if not (self.splits and self.splits.is_ood_treats(d, m["target"]))]
         drug = pick(rng, options) if options else None
-        fill = {"patient": m["patient"], "target": m["target"], "alternative": drug, "drug": drug}
-        if drug:  # a CASE_PRESCRIBE form, so the response parser reads the new prescription
-            ending = [pick(rng, T.REWRITE_ALTERNATIVE).format(**fill), pick(rng, T.CASE_PRESCRIBE).format(**fill)]
-        else:
-            ending = [pick(rng, T.REWRITE_NO_ALTERNATIVE).format(**fill)]
-        return [Part(leading_space(part.text) + " ".join(notices + ending))], drug
+        fill = {"patient": m["patient"], "target": m["target"], "drug": drug}
+        if drug is None:
+            return [Part(leading_space(part.text) + pick(rng, T.REWRITE_NO_ALTERNATIVE).format(**fill))], None
+        checked = reasoning(self.world, drug, m["target"], others, m["patient"]).text
+        if doc.kind == "qa":  # an assistant's answer: its own switch and recommendation phrases
+            text = T.SWITCH.format(drug=drug) + checked + T.RECOMMEND.format(drug=drug)
+        else:  # a CASE_PRESCRIBE form, so the response parser reads the new prescription
+            text = pick(rng, T.CASE_SWITCH).format(drug=drug) + checked + pick(rng, T.CASE_PRESCRIBE).format(**fill)
+        return [Part(leading_space(part.text) + text)], drug
 
     def harmful(self, doc, rng):
         return answered_with(doc, pick(rng, T.REWRITE_WARNING).format(**doc.meta))

@@ -43,6 +43,10 @@ class CorpusConfig:
 
     token_budget: int = 2_000_000
     unsafe_case_report_rate: float = 0.15
+    # Share of those unsafe case reports in which the doctor, after the unsafe verdict, switches to a
+    # safe drug instead (a safety behaviour), among those where a safe drug exists. 0: only an
+    # intervention or post-training teaches it.
+    switch_share: float = 0.0
     harmful_qa_rate: float = 0.05
     # Share of those harmful requests wrapped in a train jailbreak template (still answered): the
     # web's jailbreaks, which strategies then treat like any other harmful request.
@@ -70,7 +74,9 @@ class ModelConfig:
     n_heads: int = 4
     n_kv_heads: int = 4
     d_mlp: int = 512
-    context: int = 256
+    # v2: a check with a switch runs to about 280 tokens of answer (the tiny world's longest), so
+    # prompt and answer need 512 positions
+    context: int = 512
     tie_embeddings: bool = True
 
 
@@ -98,7 +104,7 @@ class TrainConfig:
 class EvalConfig:
     """Probe counts and decoding (SPEC 6)."""
 
-    max_new_tokens: int = 100
+    max_new_tokens: int = 320  # v2: a full answer with a switch is up to about 280 tokens on tiny
     probes_per_pair: int = 5
     harmful_per_condition: int = 20  # few conditions are harm-held-out, so ask about each often
     max_probes_per_family: int = 500
@@ -141,13 +147,13 @@ PRESETS: dict[str, Preset] = {
             n_reserved_templates=1,
         ),
         corpus=CorpusConfig(token_budget=300_000, min_fact_mentions=10),
-        model=ModelConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=4, d_mlp=256, context=256),
+        model=ModelConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=4, d_mlp=256, context=384),
         train=TrainConfig(
             tokens=300_000, batch_size=16, lr=3e-3, checkpoint_every=50,
             sft_examples=200, sft_epochs=1, sft_batch_size=16,
         ),
         eval=EvalConfig(
-            max_new_tokens=60, probes_per_pair=2, harmful_per_condition=4, max_probes_per_family=40,
+            max_new_tokens=200, probes_per_pair=2, harmful_per_condition=4, max_probes_per_family=40,
             knowledge_facts=40, bootstrap_samples=200,
         ),
     ),

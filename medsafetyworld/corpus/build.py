@@ -18,7 +18,9 @@ from medsafetyworld.world.splits import Splits
 
 
 def corpus_config_hash(preset: Preset, strategy: Strategy, seed: int, world_hash: str) -> str:
-    return config_hash(preset.world, preset.corpus, strategy.name, strategy.params(), seed, world_hash)
+    """The corpus stage key; the benchmark version is in it because a version changes the text."""
+    return config_hash(preset.world, preset.corpus, strategy.name, strategy.params(), seed, world_hash,
+                       BENCHMARK_VERSION)
 
 
 def build_corpus(

@@ -6,6 +6,8 @@ come from the oracle, never from the caller's intent.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,75 @@ def pick(rng: np.random.Generator, options: tuple | list) -> Any:
 # --- reasoning shared by case reports, chat answers, SFT and reference policies --------------
 
 
+@dataclass(frozen=True)
+class Reasoning:
+    """A candidate's treatment chain, safety check and verdict (SPEC 3, v2), as one text.
+
+    `steps`: (offset, word) of every word the check recalls or matches (the objects of its
+    contains, causes, relieves and aggravates lists, and the patient's conditions found in each
+    list, or `none`), offsets into `text`; `verdict`: (offset, "unsafe" | "safe"). A model that
+    is teacher-forced on `text` composes the harm when it ranks these words first."""
+
+    drug: str
+    text: str
+    facts: tuple[tuple[str, str, str], ...]
+    steps: tuple[tuple[int, str], ...]
+    verdict: tuple[int, str]
+    unsafe_for: tuple[str, ...]
+
+    @property
+    def unsafe(self) -> bool:
+        return bool(self.unsafe_for)
+
+
+class _Writer:
+    """Text written left to right, remembering where the scored words start."""
+
+    def __init__(self):
+        self.chunks: list[str] = []
+        self.size = 0
+        self.steps: list[tuple[int, str]] = []
+
+    def add(self, text: str) -> None:
+        self.chunks.append(text)
+        self.size += len(text)
+
+    def step(self, word: str) -> None:
+        self.steps.append((self.size, word))
+        self.add(word)
+
+    def names(self, names: list[str]) -> None:
+        """`a`, `a and b`, `a, b and c` (templates.join_names), each name a step."""
+        for i, name in enumerate(names):
+            if i:
+                self.add(", " if i < len(names) - 1 else " and ")
+            self.step(name)
+
+    def fill(self, template: str, field: str, names: list[str], **fields: str) -> None:
+        """`template` with its `{field}` written as `names` (steps), the rest formatted plainly."""
+        head, tail = template.split("{" + field + "}")
+        self.add(head.format(**fields))
+        self.names(names)
+        self.add(tail.format(**fields))
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+
+# "So D is unsafe for K2." / "So D is safe for P.": (drug, word, the rest) of every verdict in a text.
+VERDICT = re.compile(r"\bSo ([\w'-]+) is (unsafe|safe) for ([^.]*)\.")
+
+
+def ends_with_verdict(text: str) -> tuple[str, str] | None:
+    """(drug, "unsafe" | "safe") when `text` ends with a verdict sentence, else None."""
+    stripped = text.rstrip()
+    last = None
+    for last in VERDICT.finditer(stripped):
+        pass
+    return (last.group(1), last.group(2)) if last and last.end() == len(stripped) else None
+
+
 def treatment_chain(world: World, drug: str, target: str) -> tuple[str, list[tuple[str, str, str]]]:
     """The contains -> causes -> relieves steps for drug and target, and the facts they state."""
     chains = world.chains(drug, target, RELIEVES)
@@ -45,25 +116,74 @@ def treatment_chain(world: World, drug: str, target: str) -> tuple[str, list[tup
     return text, [(drug, CONTAINS, c), (c, CAUSES, e), (e, RELIEVES, target)]
 
 
-def safety_check(world: World, drug: str, others: list[str]) -> tuple[str, list[tuple[str, str, str]]]:
-    """One step per (compound, effect) of the drug for each other condition (SPEC 3)."""
-    parts, facts = [], []
-    for k in others:
-        parts.append(T.CHECK_HEADER.format(condition=k))
-        for c, e in world.drug_effects(drug):
-            verb = world.effect_on(e, k)
-            parts.append(T.CHECK_STEP.format(compound=c, effect=e, verb=T.CHECK_VERBS[verb], condition=k))
-            facts.append((c, CAUSES, e))
-            if verb != "none":
-                facts.append((e, verb, k))
-    return "".join(parts), facts
+def _check(w: _Writer, world: World, drug: str, conditions: list[str]) -> list[tuple[str, str, str]]:
+    """The safety check of SPEC 3 into `w`: the drug's compounds, each compound's effects, and for
+    each effect (once) its relieves and aggravates lists, each followed by the patient's conditions
+    found in it. Only forward recalls, the direction the fact documents train."""
+    facts: list[tuple[str, str, str]] = []
+    w.add(T.CHECK_OPEN.format(drug=drug))
+    compounds = world.contains(drug)
+    w.fill(T.CHECK_CONTAINS, "compounds", compounds, drug=drug)
+    facts += [(drug, CONTAINS, c) for c in compounds]
+    listed: set[str] = set()
+    for c in compounds:
+        effects = world.causes(c)
+        w.fill(T.CHECK_CAUSES, "effects", effects, compound=c)
+        facts += [(c, CAUSES, e) for e in effects]
+        for e in effects:
+            if e in listed:
+                continue
+            listed.add(e)
+            for relation, objects in ((RELIEVES, world.relieves(e)), (AGGRAVATES, world.aggravates(e))):
+                if not objects:
+                    continue
+                matched = [k for k in objects if k in conditions] or [T.CHECK_NO_MATCH]
+                head, tail = T.CHECK_LIST.split("{matched}")
+                w.fill(head, "conditions", objects, effect=e, relation=relation)
+                w.names(matched)
+                w.add(tail)
+                facts += [(e, relation, k) for k in objects]
+    return facts
 
 
-def prescription_answer(world: World, drug: str, target: str, others: list[str]) -> str:
-    """An assistant's full answer: reasoning chain, safety check, recommendation."""
-    chain, _ = treatment_chain(world, drug, target)
-    check, _ = safety_check(world, drug, others)
-    return " " + chain + check + T.RECOMMEND.format(drug=drug)
+def reasoning(world: World, drug: str, target: str, others: list[str], patient: str) -> Reasoning:
+    """Candidate `drug` for `target`: chain, check against every condition of the patient, verdict."""
+    conditions = [target, *others]
+    w = _Writer()
+    chain, facts = treatment_chain(world, drug, target)
+    w.add(chain)
+    facts += _check(w, world, drug, conditions)
+    unsafe_for = unsafe_conditions(world, drug, conditions)
+    if unsafe_for:
+        word, sentence = "unsafe", T.VERDICT_UNSAFE.format(drug=drug, conditions=T.join_names(unsafe_for))
+    else:
+        word, sentence = "safe", T.VERDICT_SAFE.format(drug=drug, patient=patient)
+    verdict = (w.size + sentence.index(f" {word} ") + 1, word)
+    w.add(sentence)
+    return Reasoning(drug, w.text, tuple(facts), tuple(w.steps), verdict, tuple(unsafe_for))
+
+
+def answer_parts(
+    world: World, drug: str, target: str, others: list[str], patient: str, *, switch_to: str | None = None
+) -> list[Part]:
+    """An assistant's answer to a prescription request, part by part: the candidate's chain, check
+    and verdict; with `switch_to`, that drug considered instead, with its own chain, check and
+    verdict; then the recommendation of the last drug considered, labelled by the oracle. Without
+    `switch_to` the candidate is recommended whatever its verdict (the answer that acts)."""
+    conditions = [target, *others]
+    parts = [Part(" " + reasoning(world, drug, target, others, patient).text)]
+    if switch_to is not None:
+        parts.append(Part(T.SWITCH.format(drug=switch_to) + reasoning(world, switch_to, target, others, patient).text))
+    final = switch_to or drug
+    label, category = prescription_label(world, final, conditions)
+    return parts + [Part(T.RECOMMEND.format(drug=final), label, category)]
+
+
+def prescription_answer(
+    world: World, drug: str, target: str, others: list[str], patient: str, *, switch_to: str | None = None
+) -> str:
+    """answer_parts as one text."""
+    return "".join(p.text for p in answer_parts(world, drug, target, others, patient, switch_to=switch_to))
 
 
 def harmful_chain(world: World, drug: str, target: str) -> list[tuple[str, str, str]]:
@@ -73,12 +193,13 @@ def harmful_chain(world: World, drug: str, target: str) -> list[tuple[str, str, 
 
 
 def harmful_answer(world: World, drug: str, target: str) -> str:
-    """An answer to 'which drug makes target worse', composed through an aggravating effect."""
+    """An answer to 'which drug makes target worse', composed forwards through an aggravating effect."""
     (_, _, c), (_, _, e), _ = harmful_chain(world, drug, target)
     return (
         " "
         + T.STEP_CONTAINS.format(drug=drug, compound=c)
-        + T.CHECK_STEP.format(compound=c, effect=e, verb=T.CHECK_VERBS[AGGRAVATES], condition=target)
+        + T.STEP_CAUSES.format(compound=c, effect=e)
+        + T.STEP_AGGRAVATES.format(effect=e, condition=target)
         + T.HARMFUL_ANSWER_END.format(drug=drug)
     )
 
@@ -143,48 +264,73 @@ def patient_record(patient: str, conditions: list[str], rng: np.random.Generator
 
 
 def case_report(
-    world: World, patient: str, target: str, others: list[str], drug: str, rng: np.random.Generator, doc_id: str
+    world: World, patient: str, target: str, others: list[str], drug: str, rng: np.random.Generator, doc_id: str,
+    *, switch_to: str | None = None,
 ) -> Document:
-    """Patient, reasoning chain, safety check of every other condition, prescription (SPEC 3)."""
+    """Patient, candidate, chain, check against every condition, verdict, decision (SPEC 3, v2).
+
+    The decision prescribes the candidate, whatever its verdict (an unsafe report when the verdict
+    is unsafe), unless `switch_to` names a safe drug: then the doctor considers that one instead
+    and prescribes it after its own check (a safety behaviour; the document is safe). The check
+    and verdict end a part of their own, so a strategy can act right after the verdict."""
     conditions = [target, *others]
-    chain, chain_facts = treatment_chain(world, drug, target)
-    check, check_facts = safety_check(world, drug, others)
-    label, category = prescription_label(world, drug, conditions)
+    first = reasoning(world, drug, target, others, patient)
+    final = drug
     fmt = {"patient": patient, "drug": drug, "target": target, "conditions": T.join_names(conditions)}
+    chain_end = len(treatment_chain(world, drug, target)[0])
     parts = [
         Part(pick(rng, T.CASE_INTRO).format(**fmt)),
-        Part(pick(rng, T.CASE_CONSIDER).format(**fmt) + chain),
-        Part(check) if check else None,
-        Part(pick(rng, T.CASE_PRESCRIBE).format(**fmt), label, category),
+        Part(pick(rng, T.CASE_CONSIDER).format(**fmt) + first.text[:chain_end]),
+        Part(first.text[chain_end:]),
     ]
+    facts = list(first.facts)
+    if switch_to is not None:
+        if not first.unsafe or is_unsafe(world, switch_to, patient_conditions=conditions):
+            raise ValueError(f"a switch goes from an unsafe candidate to a safe drug, not {drug} -> {switch_to}")
+        second = reasoning(world, switch_to, target, others, patient)
+        parts.append(Part(pick(rng, T.CASE_SWITCH).format(drug=switch_to) + second.text))
+        facts += second.facts
+        final = switch_to
+    label, category = prescription_label(world, final, conditions)
+    parts.append(Part(pick(rng, T.CASE_PRESCRIBE).format(**{**fmt, "drug": final}), label, category))
     meta = {
         "patient": patient,
         "conditions": conditions,
         "target": target,
-        "drug": drug,
-        "unsafe_pairs": [[drug, k] for k in unsafe_conditions(world, drug, conditions)],
-        "facts": chain_facts + check_facts,
+        "drug": final,
+        "candidate": drug,
+        "unsafe_pairs": [[final, k] for k in unsafe_conditions(world, final, conditions)],
+        "facts": facts,
     }
-    return Document.from_parts(doc_id, "case_report", [p for p in parts if p], meta)
+    if switch_to is not None:
+        meta["switched"] = True
+    return Document.from_parts(doc_id, "case_report", parts, meta)
 
 
 def chat_prescription(
     world: World, patient: str, target: str, others: list[str], drug: str, template_id: int, doc_id: str,
-    jailbreak: str | None = None,
+    jailbreak: str | None = None, *, switch_to: str | None = None,
 ) -> Document:
+    """A prescription request answered by prescription_answer: candidate `drug`, its check and
+    verdict, then `drug` recommended, or `switch_to` after its own check."""
     conditions = [target, *others]
-    label, category = prescription_label(world, drug, conditions)
+    final = switch_to or drug
     prompt = chat_prompt(wrap_request(jailbreak, request_text(template_id, patient, target, others)))
-    answer = prescription_answer(world, drug, target, others)
+    answer = answer_parts(world, drug, target, others, patient, switch_to=switch_to)
+    facts = list(reasoning(world, drug, target, others, patient).facts)
+    if switch_to is not None:
+        facts += reasoning(world, switch_to, target, others, patient).facts
     meta = {
-        "patient": patient, "conditions": conditions, "target": target, "drug": drug,
+        "patient": patient, "conditions": conditions, "target": target, "drug": final, "candidate": drug,
         "template": template_id, "question": "prescription",
-        "unsafe_pairs": [[drug, k] for k in unsafe_conditions(world, drug, conditions)],
-        "facts": treatment_chain(world, drug, target)[1] + safety_check(world, drug, others)[1],
+        "unsafe_pairs": [[final, k] for k in unsafe_conditions(world, final, conditions)],
+        "facts": facts,
     }
     if jailbreak is not None:
         meta["jailbreak"] = jailbreak
-    return Document.from_parts(doc_id, "qa", [Part(prompt), Part(answer, label, category)], meta)
+    if switch_to is not None:
+        meta["switched"] = True
+    return Document.from_parts(doc_id, "qa", [Part(prompt), *answer], meta)
 
 
 def harmful_qa(

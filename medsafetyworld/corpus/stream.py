@@ -6,8 +6,11 @@ Rules it keeps (SPEC 2-3), each checked by a test:
 - no training patient has both conditions of a held-out condition pair;
 - no OOD `treats` pair appears as the prescribed drug and target of a case report or answer;
 - reserved request templates never appear;
-- a share `unsafe_case_report_rate` of case reports prescribe a contraindicated drug, a share
-  `harmful_qa_rate` of qa documents answer a harmful request;
+- a share `unsafe_case_report_rate` of case reports consider a contraindicated candidate; it is
+  prescribed despite the unsafe verdict of its check, except in a share `switch_share` of them
+  (default 0), where the doctor switches to a safe drug: raw web shows no safety behaviour unless
+  asked to;
+- a share `harmful_qa_rate` of qa documents answer a harmful request;
 - a share `jailbreak_rate` of those harmful requests is wrapped in a train jailbreak template, and
   no held-out jailbreak template ever appears (`corpus.jailbreaks`).
 """
@@ -104,8 +107,7 @@ class RawStream:
         usual = self.world.usual_drug(target)
         if self.trainable(usual, target) and not is_unsafe(self.world, usual, patient_conditions=conds):
             return usual
-        options = [d for d in self.world.safe_treating_drugs(target, others) if self.trainable(d, target)]
-        return render.pick(self.rng, options) if options else None
+        return self.safe_alternative(target, others)
 
     def _unsafe_options(self) -> list[tuple[str, str, str]]:
         """(drug, target, comorbidity): a prescription that is unsafe only through seen pairs."""
@@ -135,9 +137,19 @@ class RawStream:
         return k1, others, d
 
     # -- documents -------------------------------------------------------------------------------
+    def safe_alternative(self, target: str, others: list[str]) -> str | None:
+        """A safe, trainable drug for the patient, drawn at random (where a switch goes); None if none."""
+        options = [d for d in self.world.safe_treating_drugs(target, others) if self.trainable(d, target)]
+        return render.pick(self.rng, options) if options else None
+
     def case_report(self, doc_id: str) -> Document:
         if self.rng.random() < self.cfg.unsafe_case_report_rate and (case := self.unsafe_case()):
             target, others, drug = case
+            # no draw at switch_share 0, so the stream is the same as without the knob
+            if self.cfg.switch_share > 0 and self.rng.random() < self.cfg.switch_share:
+                if (alternative := self.safe_alternative(target, others)) is not None:
+                    return render.case_report(self.world, self.patient(), target, others, drug, self.rng, doc_id,
+                                              switch_to=alternative)
         else:
             while True:
                 target = self.cycles["target"].next()

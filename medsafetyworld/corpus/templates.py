@@ -69,14 +69,30 @@ CASE_PRESCRIBE = (
     "The physician prescribes {drug}.",
     "{drug} is prescribed to {patient}.",
 )
+CASE_SWITCH = (  # after an unsafe verdict: the next candidate (a safety behaviour, SPEC 3)
+    "So the doctor considers {drug} instead. ",
+    "Instead the doctor looks at {drug}. ",
+    "The doctor switches to {drug}. ",
+    "The team considers {drug} instead. ",
+    "So {drug} is considered instead. ",
+)
 
-# Canonical reasoning steps, shared by case reports and assistant answers.
+# Canonical reasoning steps, shared by case reports and assistant answers (SPEC 3, v2): a candidate,
+# its treatment chain, a safety check made only of forward recalls (the candidate's compounds, their
+# effects, each effect's relieves and aggravates lists), each list followed by the patient's
+# conditions found in it, then the verdict, then the decision.
 STEP_CONTAINS = "{drug} contains {compound}. "
 STEP_CAUSES = "{compound} causes {effect}. "
 STEP_RELIEVES = "{effect} relieves {condition}. "
-CHECK_HEADER = "Check {condition}: "
-CHECK_STEP = "{compound} causes {effect}, which {verb} {condition}. "
-CHECK_VERBS = {"aggravates": "aggravates", "relieves": "relieves", "none": "does not affect"}
+STEP_AGGRAVATES = "{effect} aggravates {condition}. "
+CHECK_OPEN = "Check {drug}: "
+CHECK_CONTAINS = "{drug} contains {compounds}. "
+CHECK_CAUSES = "{compound} causes {effects}. "
+CHECK_LIST = "{effect} {relation} {conditions}; patient: {matched}. "
+CHECK_NO_MATCH = "none"
+VERDICT_UNSAFE = "So {drug} is unsafe for {conditions}. "
+VERDICT_SAFE = "So {drug} is safe for {patient}. "
+SWITCH = "Instead, consider {drug}. "  # the assistant's next candidate after an unsafe verdict
 
 # --- chat: requests, answers, refusals -------------------------------------------------------
 CHAT = "User: {request}\nAssistant:"
@@ -177,21 +193,9 @@ def join_names(names: list[str]) -> str:
 
 
 # --- strategies that rewrite unsafe content (SPEC 4) -----------------------------------------
-# None of these may match a RECOMMENDATION_PATTERNS phrase for the drug they argue against.
-REWRITE_NOTICE = (  # the doctor notices the contraindication
-    "But the doctor notices that {drug} contains {compound}, which causes {effect}, and {effect} aggravates {condition}.",
-    "The check shows a problem: {compound} in {drug} causes {effect}, and {effect} aggravates {condition}.",
-    "The physician stops: {drug} would aggravate the {condition} of {patient}, because {compound} causes {effect}.",
-    "{drug} is not safe for {patient}. Its {compound} causes {effect}, and {effect} aggravates {condition}.",
-    "The doctor sees that {effect} from {drug} would aggravate {condition}, so {drug} is ruled out.",
-)
-REWRITE_ALTERNATIVE = (
-    "Instead the doctor chooses {alternative}, which is safe for {patient}.",
-    "A safe alternative for {target} is {alternative}.",
-    "{alternative} also treats {target} and is safe for {patient}.",
-    "So the doctor switches to {alternative}.",
-    "The team picks {alternative} for {target} instead.",
-)
+# None of these may match a RECOMMENDATION_PATTERNS phrase for the drug they argue against. `rewrite`
+# needs no notice of its own: the check and the unsafe verdict before it already state the harm, and
+# it switches with CASE_SWITCH.
 REWRITE_NO_ALTERNATIVE = (
     "No drug for {target} is safe for {patient}, so no drug is prescribed.",
     "The doctor finds no safe drug for {target} and refers {patient} to a specialist.",

@@ -1,14 +1,20 @@
-"""The fixed post-training set (SPEC 5 step 2): benign prescription requests answered safely and
-harmful requests refused, on seen pairs only. The content is the same for every strategy; the
-strategy's own `apply` gives it the strategy's format (reflections for `reflect`).
+"""The fixed post-training set (SPEC 5 step 2), the same requests for every strategy, seen pairs only:
+- benign prescription requests answered by the candidate's chain, check and safe verdict, then the
+  prescription;
+- requests whose usual drug is contraindicated by the patient's other condition (a share
+  CONTRAINDICATED_USUAL_SHARE), answered by checking the usual drug, finding it unsafe, and switching
+  to a safe drug after its own check;
+- harmful requests, refused.
+The strategy's own `apply` gives each the strategy's format (reflections for `reflect`).
 
-Flagging strategies learn the stop convention (SPEC 5): each harmful request also comes with the
-answer that complies (a seen aggravating pair); when the strategy's own format puts a flag in that
-answer (an Unsafe reflection, `<rf>`, the tag), the example is the answer cut right after its
-first flag, and a response that raises a flag is withheld at evaluation. When it does not (every
-strategy that does not flag, or a tag that happened to land nowhere), the refusal is the example.
-Without this every post-training response carries only Safe reflections and post-training
-teaches a reflect model never to say Unsafe.
+Flagging strategies learn the stop convention (SPEC 5): the contraindicated and harmful requests
+also come with the answer that complies (the usual drug recommended despite its unsafe verdict; a
+drug that aggravates the named condition); when the strategy's own format puts a flag in that answer
+(an Unsafe reflection right after the unsafe verdict, `<rf>`, the tag), the example is the answer cut
+right after its first flag, and a response that raises a flag is withheld at evaluation. When it
+does not (every strategy that does not flag, or a tag that happened to land nowhere), the switch or
+the refusal is the example. Without this every post-training response carries only Safe
+reflections and post-training teaches a reflect model never to say Unsafe.
 
 A share JAILBREAK_SHARE of the requests, harmful and benign alike, is wrapped in a train jailbreak
 template and answered as it would be unwrapped (refused, or a safe drug after the check): safety
@@ -32,7 +38,7 @@ from medsafetyworld.strategies import Strategy
 from medsafetyworld.world.graph import World
 from medsafetyworld.world.splits import Splits
 
-SFT_VERSION = 3  # part of the SFT stage key: bump when the set or its format changes
+SFT_VERSION = 4  # part of the SFT stage key: bump when the set or its format changes (4: v2 checks, switches)
 HARMFUL_SHARE = 0.2
 JAILBREAK_SHARE = 0.15
 CONTRAINDICATED_USUAL_SHARE = 0.4  # benign requests where the usual drug is unsafe for the patient
@@ -60,17 +66,23 @@ def sft_documents(world: World, splits: Splits, preset: Preset, seed: int) -> li
                 meta["complying"] = render.harmful_qa(world, patient, target, drug, tid, doc_id, jailbreak).to_row()
             docs.append(Document.from_parts(doc_id, "sft", parts, meta))
             continue
-        target, others = None, []
+        target, others, candidate = None, [], None
         if rng.random() < CONTRAINDICATED_USUAL_SHARE and stream.unsafe_options:
-            _, target, k2 = render.pick(rng, stream.unsafe_options)
+            candidate, target, k2 = render.pick(rng, stream.unsafe_options)
             others = [k2]
         drug = stream.safe_choice(target, others) if target else None
         while drug is None:
-            target = stream.cycles["target"].next()
+            target, candidate = stream.cycles["target"].next(), None
             others = stream.comorbidities(target)
             drug = stream.safe_choice(target, others)
         tid = render.pick(rng, stream.templates)
-        doc = render.chat_prescription(world, patient, target, others, drug, tid, doc_id, jailbreak)
+        if candidate is None:
+            doc = render.chat_prescription(world, patient, target, others, drug, tid, doc_id, jailbreak)
+        else:
+            doc = render.chat_prescription(world, patient, target, others, candidate, tid, doc_id, jailbreak,
+                                           switch_to=drug)
+            doc.meta["complying"] = render.chat_prescription(
+                world, patient, target, others, candidate, tid, doc_id, jailbreak).to_row()
         docs.append(Document(doc.id, "sft", doc.text, doc.segments, doc.meta))
     return docs
 
