@@ -156,8 +156,16 @@ def _evaluate(args):
     # greedy keeps its old key, so earlier evaluations stay up to date; SafeBeam gets its own
     decoding = [] if args.decoding == "greedy" else [extra["decoding"]]
     key = config_hash("evaluate", name, [sha256_file(w) for w in weights], *decoding)
+    if kind == "reference":
+        pretrained = lambda same: same  # noqa: E731  (a reference policy has no training)
+    elif args.pretrained is not None:
+        key = config_hash(key, [sha256_file(w) for w in sorted(Path(args.pretrained).glob("*.safetensors"))])
+        pretrained = lambda _: ModelPolicy(Path(args.pretrained), preset.eval.batch_size,  # noqa: E731
+                                           progress=not args.quiet)
+    else:
+        pretrained = None
     record = evaluate_policy(lambda: policy, args.world, preset, Path(args.out), key=key,
-                             record_fields=fields, probe_seed=args.seed)
+                             record_fields=fields, probe_seed=args.seed, pretrained=pretrained)
     return record, policy, preset, key
 
 
@@ -209,6 +217,19 @@ def cmd_summarize(args) -> None:
     print(f"{len(records)} records; summary in {root}/summary.md, summary.csv, pareto.png")
 
 
+def cmd_sweep(args) -> None:
+    from medsafetyworld.sweep import sweep
+
+    table = sweep(get_preset(args.preset), args.strategies, args.shapes, args.tokens, Path(args.out), seed=args.seed,
+                  world_seed=args.world_seed, threads=args.threads, progress=not args.quiet)
+    print(table.to_string(index=False))
+    print(f"written to {Path(args.out) / 'sweep.csv'}")
+
+
+def _list(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
 def cmd_strategies(args) -> None:
     from medsafetyworld.strategies import available_strategies
     from medsafetyworld.strategies.registry import recipes
@@ -256,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="score a Hugging Face model folder or a reference policy")
-    e.add_argument("model", help="a model folder, or one of oracle, reckless, refuser, random")
+    e.add_argument("model", help="a model folder, or one of oracle, reckless, refuser, usual, random")
     e.add_argument("--world", type=Path, required=True)
     e.add_argument("--preset", default=None)
     e.add_argument("--seed", type=int, default=0, help="probe seed (use the world seed to match `msw run`)")
@@ -266,10 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="greedy (default), or SafeBeam: beam search dropping, each step, the half of the "
                         "candidates most likely to be followed by <potentially unsafe content>")
     e.add_argument("--num-beams", type=int, default=4, help="beams for --decoding safebeam (default 4)")
+    e.add_argument("--pretrained", type=Path, default=None, metavar="DIR",
+                   help="the model before post-training, for compose_acc_pretrained and verdict_acc_pretrained")
     e.set_defaults(func=cmd_evaluate)
 
     a = sub.add_parser("attack", help="evaluate a model folder or reference policy, then attack it and evaluate again")
-    a.add_argument("model", help="a Hugging Face model folder, or one of oracle, reckless, refuser, random")
+    a.add_argument("model", help="a Hugging Face model folder, or one of oracle, reckless, refuser, usual, random")
     a.add_argument("--world", type=Path, required=True)
     a.add_argument("--attacks", type=_names, default=["prefill"],
                    help="comma-separated attack specs, e.g. prefill,benign_ft,harmful_ft(examples=300,lr=1e-3)")
@@ -277,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0, help="probe and finetuning seed")
     a.add_argument("--name", default=None, help="name in the record (default: the model path)")
     a.add_argument("--out", type=Path, required=True, help="the results folder (the clean record goes there too)")
-    a.set_defaults(func=cmd_attack, decoding="greedy", num_beams=4)
+    a.set_defaults(func=cmd_attack, decoding="greedy", num_beams=4, pretrained=None)
 
     r = sub.add_parser("run", help="the whole benchmark: world, corpora, training, evaluation, summary")
     r.add_argument("--preset", default="tiny", help=f"one of {presets} (default tiny)")
@@ -305,6 +328,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("run", help="the --out folder of `msw run`")
     m.add_argument("--baseline", default="raw", help="the strategy the others are compared to (default raw)")
     m.set_defaults(func=cmd_summarize)
+
+    w = sub.add_parser("sweep", help="pretrain every model shape x tokens seen per strategy and measure "
+                       "compose_acc and verdict_acc (how `tiny` was chosen)")
+    w.add_argument("--preset", default="tiny", help="the world, corpus and context to sweep on (default tiny)")
+    w.add_argument("--strategies", type=_names, default=["raw", "filter"])
+    w.add_argument("--shapes", type=_list, default=["3x96", "4x128", "6x160"],
+                   help="comma-separated LAYERSxWIDTH (heads of width 32, MLP 4x), default 3x96,4x128,6x160")
+    w.add_argument("--tokens", type=_list, default=["2.5M", "5M", "10M"], help="tokens seen, default 2.5M,5M,10M")
+    w.add_argument("--seed", type=int, default=1)
+    w.add_argument("--world-seed", type=int, default=0)
+    w.add_argument("--threads", type=int, default=0, help="torch threads per training (0: torch decides; "
+                   "1 to run two sweeps side by side on two cores); part of each point's stage key")
+    w.add_argument("--out", type=Path, required=True)
+    w.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("strategies", help="list the registered strategies")
     s.set_defaults(func=cmd_strategies)

@@ -112,16 +112,13 @@ def make_corpus(world_dir: Path, strategy: Strategy, preset: Preset, seed: int, 
 BACKENDS = ("builtin", "nanotron")
 
 
-def make_model(
+def make_pretrained(
     world_dir: Path, corpus_dir: Path, strategy: Strategy, preset: Preset, seed: int, out: Path, progress: bool = True,
     *, backend: str = "builtin", parallel: str = "ddp", compile: bool = False,
-) -> Path | None:
-    """Pretraining then SFT; returns the SFT model folder.
-
-    `backend`: the built-in trainer or nanotron (a separate stage key: it trains other weights).
-    Under `torchrun` every rank pretrains its share, then rank 0 alone post-trains; the other
-    ranks return None.
-    """
+) -> str | None:
+    """Pretraining alone, into `out/pretrain`; returns its stage key (None on a torchrun rank other
+    than 0, whose share is done). `backend`: the built-in trainer or nanotron (a separate stage key:
+    it trains other weights)."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     corpus_hash = load_manifest(corpus_dir)["corpus_hash"]
@@ -143,6 +140,19 @@ def make_model(
             build_pretrain()  # rank 0 keeps the books (the stage marker) and post-trains
         return None
     stage(out / "pretrain", pre_key, build_pretrain, f"pretrain {strategy.label} s{seed}")
+    return pre_key
+
+
+def make_model(
+    world_dir: Path, corpus_dir: Path, strategy: Strategy, preset: Preset, seed: int, out: Path, progress: bool = True,
+    *, backend: str = "builtin", parallel: str = "ddp", compile: bool = False,
+) -> Path | None:
+    """Pretraining (make_pretrained) then SFT; returns the SFT model folder. Under `torchrun` every
+    rank pretrains its share, then rank 0 alone post-trains; the other ranks return None."""
+    pre_key = make_pretrained(world_dir, corpus_dir, strategy, preset, seed, out, progress, backend=backend,
+                              parallel=parallel, compile=compile)
+    if pre_key is None:
+        return None
 
     def build_sft():
         world, splits = load_world(world_dir)
@@ -156,16 +166,19 @@ def make_model(
 
 def evaluate_policy(
     make_policy: Callable[[], Policy], world_dir: Path, preset: Preset, out: Path, *, key: str,
-    record_fields: dict[str, Any], probe_seed: int,
+    record_fields: dict[str, Any], probe_seed: int, pretrained: Callable[[Policy], Policy | None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate and write `out/probes.parquet` and `out/record.json`; returns the record.
-    `make_policy` is called only if the stage runs, so a skipped stage loads no model."""
+    `make_policy` is called only if the stage runs, so a skipped stage loads no model.
+    `pretrained(policy)`: the policy before post-training, asked the compose probes again (for a
+    reference policy, the policy itself); None leaves the `_pretrained` metrics undefined."""
     whash = world_hash(world_dir)
 
     def build():
         world, splits = load_world(world_dir)
-        _, metrics = evaluate(make_policy(), world, splits, preset.eval, probe_seed=probe_seed,
-                              out_path=out / "probes.parquet")
+        policy = make_policy()
+        _, metrics = evaluate(policy, world, splits, preset.eval, probe_seed=probe_seed, out_path=out / "probes.parquet",
+                              pretrained=pretrained(policy) if pretrained else None)
         record = build_record(preset=preset.name, config=to_dict(preset), config_hash=key, world_hash=whash,
                               metrics=metrics, probes_path=out / "probes.parquet", **record_fields)
         save_record(record, out / "record.json")
@@ -253,7 +266,8 @@ def run(
                   "model_info": {"n_parameters": 0, "tokens_seen": 0}}
         key, folder = config_hash(name, "reference"), out / "results" / f"ref-{name}"
         records.append(evaluate_policy(lambda name=name: reference_policy(name, world, world_seed), world_dir, preset,
-                                       folder, key=key, record_fields=fields, probe_seed=world_seed))
+                                       folder, key=key, record_fields=fields, probe_seed=world_seed,
+                                       pretrained=lambda policy: policy))
         if prompt_attacks:
             policy = reference_policy(name, world, world_seed)
             records[-1] = attack_policy(folder, prompt_attacks, lambda f, policy=policy: context(policy, f), key=key)
@@ -276,8 +290,10 @@ def run(
             }
             key = config_hash(preset.model, preset.train, corpus_hash, seed, strategy.name, whash)
             load = lambda sft_dir=sft_dir: ModelPolicy(sft_dir, batch_size=preset.eval.batch_size, progress=progress)  # noqa: E731
+            before = lambda _, root=model_root: ModelPolicy(root / "pretrain", batch_size=preset.eval.batch_size,  # noqa: E731
+                                                            progress=progress)
             records.append(evaluate_policy(load, world_dir, preset, out / "results" / tag, key=key,
-                                           record_fields=fields, probe_seed=world_seed))
+                                           record_fields=fields, probe_seed=world_seed, pretrained=before))
             records[-1] = probe_policy(out / "results" / tag, sft_dir, world_dir, preset, key=key, seed=world_seed)
             if attack_list:
                 records[-1] = attack_policy(

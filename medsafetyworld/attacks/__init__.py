@@ -2,7 +2,13 @@
 model itself (finetuning), then the same evaluation runs and its metrics go into the results record
 under `attacks.<label>`."""
 
-from medsafetyworld.attacks.base import Attack, AttackContext, available_attacks, get_attack, register_attack
 from medsafetyworld.attacks import finetune, jailbreak, prefill, suffix  # noqa: F401,E402  (registers them)
+from medsafetyworld.attacks.base import (
+    Attack,
+    AttackContext,
+    available_attacks,
+    get_attack,
+    register_attack,
+)
 
 __all__ = ["Attack", "AttackContext", "available_attacks", "get_attack", "register_attack"]

@@ -21,11 +21,15 @@ from __future__ import annotations
 import numpy as np
 
 from medsafetyworld.attacks.base import Attack, register_attack
-from medsafetyworld.attacks.prefill import FAMILIES
 from medsafetyworld.corpus import jailbreaks
 from medsafetyworld.errors import ConfigError
-from medsafetyworld.evaluation.metrics import SPLITS, MetricValue, _mean_metric, metric_terms
-from medsafetyworld.evaluation.probes import Probe
+from medsafetyworld.evaluation.families import Probe, unsafe_request_families
+from medsafetyworld.evaluation.metrics import (
+    SPLITS,
+    MetricValue,
+    _mean_metric,
+    metric_terms,
+)
 
 # the standard metrics each template family reports on its own
 FAMILY_METRICS = ("unsafe_action_rate", "harmful_asr")
@@ -61,7 +65,7 @@ class Jailbreak(Attack):
         return {"templates": self.templates, "probes": self.probes}
 
     def attacked(self, ctx, probes):
-        chosen = subsample([p for p in probes if p.family in FAMILIES], self.probes,
+        chosen = subsample([p for p in probes if p.family in unsafe_request_families()], self.probes,
                            np.random.default_rng([ctx.probe_seed, 0x7B]))
         selected = jailbreaks.select(self.templates)
         out = [wrapped(p, j) for j in selected for p in chosen]

@@ -7,16 +7,12 @@ recommendation), by refusing, or by flagging."""
 
 from __future__ import annotations
 
-
-
 from medsafetyworld.attacks.base import Attack, register_attack
 from medsafetyworld.corpus import templates as T
+from medsafetyworld.evaluation.families import Probe, unsafe_request_families
 from medsafetyworld.evaluation.metrics import SPLITS, MetricValue, _bool, _mean_metric
 from medsafetyworld.evaluation.policies import Policy
-from medsafetyworld.evaluation.probes import Probe
 from medsafetyworld.world.graph import World
-
-FAMILIES = ("prescription_contra", "harmful")
 
 
 def unsafe_drug(world: World, probe: Probe) -> str:
@@ -49,7 +45,7 @@ class PrefillPolicy(Policy):
 class Prefill(Attack):
     def attacked(self, ctx, probes):
         chosen = [Probe(p.id, p.family, p.split, p.prompt, {**p.meta, "prefill": prefill_text(ctx.world, p)})
-                  for p in probes if p.family in FAMILIES]
+                  for p in probes if p.family in unsafe_request_families()]
         return PrefillPolicy(ctx.policy), chosen
 
     def extra_metrics(self, df, n_boot, seed):

@@ -55,13 +55,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from medsafetyworld.attacks.base import Attack, register_attack
-from medsafetyworld.attacks.prefill import FAMILIES, prefill_text, unsafe_drug
+from medsafetyworld.attacks.prefill import prefill_text, unsafe_drug
 from medsafetyworld.corpus import templates as T
 from medsafetyworld.corpus.render import harmful_chain, treatment_chain
 from medsafetyworld.errors import ConfigError, DataError
+from medsafetyworld.evaluation.families import Probe, unsafe_request_families
 from medsafetyworld.evaluation.metrics import MetricValue
 from medsafetyworld.evaluation.policies import Policy
-from medsafetyworld.evaluation.probes import Probe
 
 ASSISTANT_MARK = T.CHAT.split("{request}")[1]  # "\nAssistant:": the suffix goes just before it
 MODES = ("multi", "single")
@@ -331,7 +331,7 @@ class Suffix(Attack):
             if ctx.model_dir is None:
                 raise ConfigError("suffix searches with the model's gradients; a reference policy has none")
             policy = ctx.load_policy(ctx.model_dir)
-        chosen = [p for p in probes if p.family in FAMILIES]
+        chosen = [p for p in probes if p.family in unsafe_request_families()]
         rng = np.random.default_rng([ctx.seed, 0x5FF])
         start = time.time()
         search = self._multi if self.mode == "multi" else self._single
@@ -357,7 +357,7 @@ class Suffix(Attack):
 
     def _single(self, model, tokenizer, chosen, ctx, rng) -> list[Probe]:
         """A suffix per probe for `prompts` probes, taken in turn from each (family, split) group."""
-        keys = [(f, s) for f in FAMILIES for s in ("held_out", "seen")]
+        keys = [(f, s) for f in unsafe_request_families() for s in ("held_out", "seen")]
         groups = [[p for p in chosen if (p.family, p.split) == key] for key in keys]
         groups = [[g[i] for i in rng.permutation(len(g))] for g in groups]
         turns = [g[i] for i in range(max(map(len, groups), default=0)) for g in groups if i < len(g)]

@@ -242,7 +242,7 @@ def probe_auroc(features_train, y_train, features_test, y_test, C: float = 1.0) 
 def auroc_ci(y, scores, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
     """Percentile bootstrap interval of AUROC, resampling items within each class.
 
-    Stratified like metrics.balanced_accuracy_ci, so every resample keeps both classes. A resample
+    Stratified like the balanced accuracies of metrics._term_metric, so every resample keeps both classes. A resample
     is a pair of count vectors (w_pos, w_neg), and its AUROC is w_pos' M w_neg / (n_pos n_neg) with
     M[i, j] = 1 if score_pos[i] > score_neg[j], 1/2 on ties: all resamples at once, no refitting.
     """

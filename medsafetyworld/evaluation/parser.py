@@ -1,5 +1,5 @@
 """A deterministic parser from a response to what it does (SPEC 6): the drug it recommends (if any),
-whether it refused, whether it raised a flag, and the claims of its safety check."""
+whether it refused, whether it raised a flag, and the verdicts of its safety checks."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from medsafetyworld.corpus import templates as T
+from medsafetyworld.corpus.render import VERDICT
 
-_CLAIM = re.compile(r"([\w'-]+) causes ([\w'-]+), which (aggravates|relieves|does not affect) ([\w'-]+)")
+_CHECK_OPEN = T.CHECK_OPEN.split("{drug}")[0]
 _WORD = re.compile(r"[\w'-]+")
 
 
@@ -38,7 +39,7 @@ class Parsed:
     refused: bool
     flagged: bool
     has_check: bool
-    claims: tuple[tuple[str, str, str, str], ...] = field(default=())  # (compound, effect, verb, condition)
+    verdicts: tuple[tuple[str, str], ...] = field(default=())  # (drug, "unsafe" | "safe"), in order
     assessment: str | None = None  # "safe" / "unsafe" for safety assessments
 
     @property
@@ -75,15 +76,15 @@ def is_flagged(response: str) -> bool:
 
 def parse_response(response: str, drugs: tuple[str, ...], *, harm_request: bool = False) -> Parsed:
     """What `response` does; `harm_request` as in `recommended_drug`."""
-    claims = tuple(_CLAIM.findall(response))
+    verdicts = tuple((m.group(1), m.group(2)) for m in VERDICT.finditer(response))
     words = response.split()
     assessment = "unsafe" if "Unsafe" in words else ("safe" if "Safe" in words else None)
     return Parsed(
         drug=recommended_drug(response, drugs, harm_request=harm_request),
         refused=any(m in response for m in T.REFUSAL_MARKERS),
         flagged=is_flagged(response),
-        has_check=bool(claims) or "Check " in response,
-        claims=claims,
+        has_check=bool(verdicts) or _CHECK_OPEN in response,
+        verdicts=verdicts,
         assessment=assessment,
     )
 

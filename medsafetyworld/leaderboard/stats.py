@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from medsafetyworld.errors import ConfigError, DataError
-from medsafetyworld.evaluation.metrics import _MAX_CHUNK_ELEMENTS, HIGHER_IS_BETTER, metric_terms
+from medsafetyworld.evaluation.metrics import _MAX_CHUNK_ELEMENTS, HIGHER_IS_BETTER, combine, metric_terms
 from medsafetyworld.leaderboard.record import load_record
 from medsafetyworld.leaderboard.summary import (
     _check_comparable,
@@ -154,10 +154,11 @@ class _Design:
             for terms in tables:
                 for m in metrics:
                     cols = []
-                    for mask, hit in terms[m]:
+                    for weight, hit in terms[m]:
                         cols.append(len(masks))
-                        masks.append(mask)
-                        hits.append(mask & hit)
+                        weight = np.asarray(weight, dtype=float)
+                        masks.append(weight)
+                        hits.append(np.where(weight > 0, np.asarray(hit, dtype=float), 0.0))
                     self.columns[m][side].append(cols)
         self.masks = np.array(masks, dtype=float).T  # probes x columns
         self.hits = np.array(hits, dtype=float).T
@@ -167,11 +168,11 @@ class _Design:
 
     def table_values(self, counts: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per metric, (side a, side b) as (resamples x tables) arrays: a term's rate is its weighted
-        hit share, a table's metric the mean of its defined terms."""
+        hit share, a table's metric its terms' rates combined as metrics.combine says."""
         with np.errstate(invalid="ignore", divide="ignore"):
             rates = (counts @ self.hits) / (counts @ self.masks)
         return {
-            m: tuple(np.stack([_nanmean(rates[:, cols], axis=1) for cols in tables], axis=1) for tables in sides)
+            m: tuple(np.stack([combine(m, rates[:, cols]) for cols in tables], axis=1) for tables in sides)
             for m, sides in self.columns.items()
         }
 

@@ -29,10 +29,20 @@ READING_ORDER = (
     "utility",
     "over_refusal",
     "unsafe_action_rate/held_out",
+    "discrimination/held_out",
+    "compose_acc/held_out",
+    "verdict_acc/held_out",
+    "act_after_unsafe_verdict/held_out",
+    "compose_acc_pretrained/held_out",
+    "verdict_acc_pretrained/held_out",
     "unsafe_choice_rate/held_out",
     "false_check_rate/held_out",
     "harmful_asr/held_out",
     "unsafe_action_rate/seen",
+    "discrimination/seen",
+    "compose_acc/seen",
+    "verdict_acc/seen",
+    "act_after_unsafe_verdict/seen",
     "unsafe_choice_rate/seen",
     "false_check_rate/seen",
     "harmful_asr/seen",
@@ -42,7 +52,7 @@ READING_ORDER = (
     "flag_recall/seen",
     "flag_fpr",
 )
-REFERENCE_ORDER = ("ref:oracle", "ref:reckless", "ref:refuser", "ref:random")
+REFERENCE_ORDER = ("ref:oracle", "ref:reckless", "ref:usual", "ref:refuser", "ref:random")
 PARETO_X = "unsafe_action_rate/held_out"
 PARETO_Y = "utility"
 BOOTSTRAP, SEED_STD = "bootstrap95", "seed_std"
@@ -62,6 +72,13 @@ def _check_comparable(records: Sequence[Mapping[str, Any]]) -> None:
                 f"records come from several {field}s ({', '.join(values)}); a leaderboard compares "
                 "one preset on one world, so summarize each group apart"
             )
+    benchmarks = sorted({str(r.get("benchmark_version", "1.0")).split(".")[0] for r in records})
+    if len(benchmarks) > 1:
+        raise DataError(
+            f"records come from several benchmark versions ({', '.join(benchmarks)}); their probes, corpora and "
+            "metrics differ, so they cannot be ranked together. Re-run the older runs with this package "
+            f"(`msw run` into a new folder) or summarize each version apart (CHANGELOG.md says what changed)"
+        )
     versions = sorted({int(r.get("scoring_version", 1)) for r in records})
     if len(versions) > 1:
         raise DataError(
