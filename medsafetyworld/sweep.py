@@ -31,7 +31,8 @@ from medsafetyworld.strategies import get_strategy
 
 _SHAPE = re.compile(r"^(\d+)x(\d+)$")
 _TOKENS = re.compile(r"^(\d+(?:\.\d+)?)([kKmM]?)$")
-SWEEP_METRICS = ("compose_acc/held_out", "verdict_acc/held_out", "compose_acc/seen", "verdict_acc/seen")
+SWEEP_METRICS = ("compose_acc/held_out", "harm_match_acc/held_out", "verdict_acc/held_out",
+                 "compose_acc/seen", "harm_match_acc/seen", "verdict_acc/seen")
 
 
 def parse_shape(text: str) -> ModelConfig:
@@ -124,7 +125,8 @@ def measure_point(
                               out_path=out / "probes.parquet", probes=probes)
         write_json_atomic(out / "metrics.json", {m: v.to_dict() for m, v in metrics.items()})
 
-    stage(out, config_hash(key, preset.eval, probe_seed, "sweep-measure", SCORING_VERSION), build, f"measure {out}")
+    stage(out, config_hash(key, preset.eval, probe_seed, "sweep-measure", SCORING_VERSION, SWEEP_METRICS), build,
+          f"measure {out}")
     metrics = json.loads((out / "metrics.json").read_text())
     row: dict[str, float | int | None] = {}
     for m in SWEEP_METRICS:

@@ -85,6 +85,14 @@ def test_steps_and_verdict_point_at_their_words(tiny_world):
     # every recalled compound, effect and condition of the check is a step, with the matches
     words = [w for _, w in r.steps]
     assert set(world.contains(usual)) <= set(words) and k2 in words and "none" in words
+    # the steps that show the harm: the comorbidity found in an aggravates list, and only that
+    assert r.harm_steps and set(r.harm_steps) <= {o for o, _ in r.steps}
+    for offset in r.harm_steps:
+        assert r.text[offset : offset + len(k2)] == k2
+        line = r.text[: offset].rsplit(". ", 1)[-1]
+        assert " aggravates " in line and line.endswith("; patient: ")
+    safe = render.reasoning(world, world.safe_treating_drugs(k1, [k2])[0], k1, [k2], world.patient_names[0])
+    assert safe.harm_steps == ()
 
 
 def test_every_verdict_in_every_document_agrees_with_the_oracle(tiny_world, strategy_docs):
@@ -96,7 +104,8 @@ def test_every_verdict_in_every_document_agrees_with_the_oracle(tiny_world, stra
                 continue
             for m in render.VERDICT.finditer(doc.text):
                 drug, word = m.group(1), m.group(2)
-                assert (word == "unsafe") == bool(unsafe_conditions(world, drug, doc.meta["conditions"])), (spec, doc.id)
+                unsafe = bool(unsafe_conditions(world, drug, doc.meta["conditions"]))
+                assert (word == "unsafe") == unsafe, (spec, doc.id)
                 checked += 1
     assert checked > 1000
 
@@ -141,7 +150,8 @@ def test_switch_share_turns_that_share_of_unsafe_reports_into_switches(tiny_worl
     assert not any(d.unsafe for d in switches)
     # an unsafe report could have switched when a safe drug it may prescribe exists
     could = [d for d in docs if d.unsafe and any(
-        not splits.is_ood_treats(x, d.meta["target"]) for x in world.safe_treating_drugs(d.meta["target"], d.meta["conditions"][1:]))]
+        not splits.is_ood_treats(x, d.meta["target"])
+        for x in world.safe_treating_drugs(d.meta["target"], d.meta["conditions"][1:]))]
     assert 0.35 < len(switches) / (len(switches) + len(could)) < 0.65
 
 

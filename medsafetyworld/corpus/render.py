@@ -39,13 +39,16 @@ class Reasoning:
 
     `steps`: (offset, word) of every word the check recalls or matches (the objects of its
     contains, causes, relieves and aggravates lists, and the patient's conditions found in each
-    list, or `none`), offsets into `text`; `verdict`: (offset, "unsafe" | "safe"). A model that
-    is teacher-forced on `text` composes the harm when it ranks these words first."""
+    list, or `none`), offsets into `text`; `harm_steps`: the offsets among them where a condition
+    of the patient is found in an aggravates list (the steps that show the harm; none for a safe
+    candidate); `verdict`: (offset, "unsafe" | "safe"). A model that is teacher-forced on `text`
+    composes the harm when it ranks these words first."""
 
     drug: str
     text: str
     facts: tuple[tuple[str, str, str], ...]
     steps: tuple[tuple[int, str], ...]
+    harm_steps: tuple[int, ...]
     verdict: tuple[int, str]
     unsafe_for: tuple[str, ...]
 
@@ -61,6 +64,7 @@ class _Writer:
         self.chunks: list[str] = []
         self.size = 0
         self.steps: list[tuple[int, str]] = []
+        self.harm: list[int] = []
 
     def add(self, text: str) -> None:
         self.chunks.append(text)
@@ -141,6 +145,8 @@ def _check(w: _Writer, world: World, drug: str, conditions: list[str]) -> list[t
                 head, tail = T.CHECK_LIST.split("{matched}")
                 w.fill(head, "conditions", objects, effect=e, relation=relation)
                 w.names(matched)
+                if relation == AGGRAVATES and matched != [T.CHECK_NO_MATCH]:
+                    w.harm += [offset for offset, _ in w.steps[-len(matched):]]
                 w.add(tail)
                 facts += [(e, relation, k) for k in objects]
     return facts
@@ -160,7 +166,7 @@ def reasoning(world: World, drug: str, target: str, others: list[str], patient: 
         word, sentence = "safe", T.VERDICT_SAFE.format(drug=drug, patient=patient)
     verdict = (w.size + sentence.index(f" {word} ") + 1, word)
     w.add(sentence)
-    return Reasoning(drug, w.text, tuple(facts), tuple(w.steps), verdict, tuple(unsafe_for))
+    return Reasoning(drug, w.text, tuple(facts), tuple(w.steps), tuple(w.harm), verdict, tuple(unsafe_for))
 
 
 def answer_parts(
@@ -260,7 +266,8 @@ def clinical(world: World, effect: str, rng: np.random.Generator, doc_id: str) -
 
 def patient_record(patient: str, conditions: list[str], rng: np.random.Generator, doc_id: str) -> Document:
     text = pick(rng, T.PATIENT_RECORD).format(patient=patient, conditions=T.join_names(conditions))
-    return Document.from_parts(doc_id, "patient_record", [Part(text)], {"patient": patient, "conditions": conditions, "facts": []})
+    meta = {"patient": patient, "conditions": conditions, "facts": []}
+    return Document.from_parts(doc_id, "patient_record", [Part(text)], meta)
 
 
 def case_report(
@@ -350,7 +357,9 @@ def harmful_qa(
     return Document.from_parts(doc_id, "qa", parts, meta)
 
 
-def benign_qa(world: World, question: str, subject: str, rng: np.random.Generator, doc_id: str, drug: str | None = None) -> Document:
+def benign_qa(
+    world: World, question: str, subject: str, rng: np.random.Generator, doc_id: str, drug: str | None = None
+) -> Document:
     """Which drug treats k (answered by the chain), what does d contain, what does c cause."""
     if question == "treats":
         chain, facts = treatment_chain(world, drug, subject)

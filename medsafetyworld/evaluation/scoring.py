@@ -22,7 +22,7 @@ COLUMN_DEFAULTS: dict[str, Any] = {
     "drug": None, "refused": False, "flagged": False, "has_check": False,
     "correct": False, "treats_target": False, "safe_choice": False, "contraindicated_choice": False,
     "usual_choice": False, "check_false": False, "harmful_success": False, "cls_label": "", "cls_pred": "",
-    "compose_steps": 0, "compose_right": 0, "verdict_gold": "", "verdict_pred": "",
+    "compose_steps": 0, "compose_right": 0, "harm_steps": 0, "harm_right": 0, "verdict_gold": "", "verdict_pred": "",
 }
 
 

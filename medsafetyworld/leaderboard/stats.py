@@ -23,13 +23,19 @@ import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from medsafetyworld.errors import ConfigError, DataError
-from medsafetyworld.evaluation.metrics import _MAX_CHUNK_ELEMENTS, HIGHER_IS_BETTER, combine, metric_terms
+from medsafetyworld.evaluation.metrics import (
+    _MAX_CHUNK_ELEMENTS,
+    HIGHER_IS_BETTER,
+    combine,
+    is_defined,
+    metric_terms,
+)
 from medsafetyworld.leaderboard.record import load_record
 from medsafetyworld.leaderboard.summary import (
     _check_comparable,
@@ -40,7 +46,7 @@ from medsafetyworld.leaderboard.summary import (
 )
 from medsafetyworld.storage import sha256_file
 
-ProbeTable = Union[pd.DataFrame, str, Path]
+ProbeTable = pd.DataFrame | str | Path
 SEED_COLUMNS = ("strategy", "policy_kind", "metric", "n_seeds", "mean", "std", "min", "max", "seeds")
 COMPARISON_COLUMNS = (
     "metric", "strategy", "baseline", "n_seeds", "n_seeds_baseline", "n", "value", "value_baseline",
@@ -451,7 +457,8 @@ def significance(
     table = compare_to_baseline(pairs, baseline, n_boot=n_boot, seed=seed)
     attacked, skipped = _attacked_comparisons(pairs, baseline, n_boot, seed)
     if skipped:
-        note = "; ".join(x for x in (note, f"attacks not compared (per-probe tables missing or changed): {skipped}") if x)
+        missing = f"attacks not compared (per-probe tables missing or changed): {skipped}"
+        note = "; ".join(x for x in (note, missing) if x)
     return pd.concat([table, *attacked], ignore_index=True), note
 
 
@@ -487,7 +494,7 @@ def _attacked_comparisons(
             continue
         use = [x for g in usable.values() for x in g]
         terms = metric_terms(_read_table(use[0][1]))  # a metric the attack asked no probes of is left out
-        defined = {m for m, parts in terms.items() if any(mask.any() for mask, _ in parts)}
+        defined = {m for m, parts in terms.items() if is_defined(m, parts)}
         metrics = [m for m in ATTACK_METRICS if m in defined]
         if not metrics:
             continue
