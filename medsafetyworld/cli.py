@@ -239,7 +239,8 @@ def cmd_strategies(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="msw", description="MedSafetyWorld: does pretraining-time safety stop unsafe composition?")
+    p = argparse.ArgumentParser(
+        prog="msw", description="MedSafetyWorld: does pretraining-time safety stop unsafe composition?")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="log every stage")
     sub = p.add_subparsers(dest="command", required=True)

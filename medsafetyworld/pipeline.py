@@ -25,12 +25,12 @@ from typing import Any
 from medsafetyworld.attacks import Attack, AttackContext, get_attack
 from medsafetyworld.attacks.run import attack_folder, load_attack_result, run_attack
 from medsafetyworld.config import Preset, config_hash, to_dict
+from medsafetyworld.corpus import templates as T
 from medsafetyworld.corpus.build import build_corpus, corpus_config_hash
 from medsafetyworld.corpus.shards import load_manifest
 from medsafetyworld.corpus.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
 from medsafetyworld.corpus.vocabulary import template_strings as vocabulary_texts_of_templates
 from medsafetyworld.corpus.vocabulary import vocabulary_texts
-from medsafetyworld.corpus import templates as T
 from medsafetyworld.errors import ConfigError
 from medsafetyworld.evaluation.evaluate import evaluate
 from medsafetyworld.evaluation.policies import REFERENCE_POLICIES, ModelPolicy, Policy, reference_policy
@@ -68,7 +68,8 @@ def stage(folder: Path, key: str, build: Callable[[], Any], name: str) -> bool:
         return False
     start = time.time()
     build()
-    write_json_atomic(Path(folder) / STAGE_FILE, {"config_hash": key, "stage": name, "seconds": round(time.time() - start, 1)})
+    seconds = round(time.time() - start, 1)
+    write_json_atomic(Path(folder) / STAGE_FILE, {"config_hash": key, "stage": name, "seconds": seconds})
     log.info("%s: done in %.1fs", name, time.time() - start)
     return True
 
@@ -96,7 +97,9 @@ def make_world(preset: Preset, seed: int, out: Path) -> str:
     return world_hash(out)
 
 
-def make_corpus(world_dir: Path, strategy: Strategy, preset: Preset, seed: int, out: Path, progress: bool = True) -> str:
+def make_corpus(
+    world_dir: Path, strategy: Strategy, preset: Preset, seed: int, out: Path, progress: bool = True
+) -> str:
     """The strategy's corpus; returns its corpus hash."""
     whash = world_hash(world_dir)
 
@@ -130,7 +133,8 @@ def make_pretrained(
         if backend == "nanotron":
             from medsafetyworld.training.nanotron_backend import train_nanotron
 
-            train_nanotron(corpus_dir, tokenizer_dir, out / "pretrain", preset.model, preset.train, seed, progress=progress)
+            train_nanotron(corpus_dir, tokenizer_dir, out / "pretrain", preset.model, preset.train, seed,
+                           progress=progress)
         else:
             pretrain(corpus_dir, tokenizer_dir, out / "pretrain", preset.model, preset.train, seed, progress=progress,
                      parallel=parallel, compile=compile)
@@ -159,8 +163,8 @@ def make_model(
         texts = sft_texts(world, splits, preset, strategy, seed)
         finetune(out / "pretrain", texts, out / "sft", preset.train, seed, progress=progress)
 
-    stage(out / "sft", config_hash(pre_key, preset.train, strategy.name, strategy.params(), "sft", SFT_VERSION), build_sft,
-          f"sft {strategy.label} s{seed}")
+    sft_key = config_hash(pre_key, preset.train, strategy.name, strategy.params(), "sft", SFT_VERSION)
+    stage(out / "sft", sft_key, build_sft, f"sft {strategy.label} s{seed}")
     return out / "sft"
 
 
@@ -177,8 +181,8 @@ def evaluate_policy(
     def build():
         world, splits = load_world(world_dir)
         policy = make_policy()
-        _, metrics = evaluate(policy, world, splits, preset.eval, probe_seed=probe_seed, out_path=out / "probes.parquet",
-                              pretrained=pretrained(policy) if pretrained else None)
+        _, metrics = evaluate(policy, world, splits, preset.eval, probe_seed=probe_seed,
+                              out_path=out / "probes.parquet", pretrained=pretrained(policy) if pretrained else None)
         record = build_record(preset=preset.name, config=to_dict(preset), config_hash=key, world_hash=whash,
                               metrics=metrics, probes_path=out / "probes.parquet", **record_fields)
         save_record(record, out / "record.json")

@@ -33,7 +33,8 @@ SCHEMA = pa.schema(
         (
             "segments",
             pa.list_(
-                pa.struct([("start", pa.int32()), ("end", pa.int32()), ("label", pa.string()), ("category", pa.string())])
+                pa.struct([("start", pa.int32()), ("end", pa.int32()), ("label", pa.string()),
+                           ("category", pa.string())])
             ),
         ),
         ("meta", pa.string()),

@@ -203,6 +203,8 @@ class RawStream:
             index += 1
 
 
-def raw_documents(world: World, splits: Splits, world_cfg: WorldConfig, cfg: CorpusConfig, seed: int) -> Iterator[Document]:
+def raw_documents(
+    world: World, splits: Splits, world_cfg: WorldConfig, cfg: CorpusConfig, seed: int
+) -> Iterator[Document]:
     """An endless, seeded stream of raw labeled documents."""
     return iter(RawStream(world, splits, world_cfg, cfg, seed))

@@ -32,7 +32,8 @@ def register_strategy(name: str):
 
     def wrap(cls: type[Strategy]) -> type[Strategy]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ConfigError(f"strategy {name!r} is registered twice ({_REGISTRY[name].__module__} and {cls.__module__})")
+            raise ConfigError(
+                f"strategy {name!r} is registered twice ({_REGISTRY[name].__module__} and {cls.__module__})")
         cls.name = name
         _REGISTRY[name] = cls
         return cls

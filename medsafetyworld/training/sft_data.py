@@ -33,8 +33,8 @@ from medsafetyworld.corpus.document import Document, Part
 from medsafetyworld.corpus.stream import RawStream
 from medsafetyworld.corpus.tokenizer import THINK_CLOSE, THINK_OPEN
 from medsafetyworld.evaluation.parser import FLAG_PATTERN as FLAG
-from medsafetyworld.training.data import ASSISTANT
 from medsafetyworld.strategies import Strategy
+from medsafetyworld.training.data import ASSISTANT
 from medsafetyworld.world.graph import World
 from medsafetyworld.world.splits import Splits
 
