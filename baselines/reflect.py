@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from medsafetyworld.corpus.document import CONTRAINDICATED_PRESCRIPTION, SAFE, UNSAFE, Part
-from medsafetyworld.corpus.render import ends_with_verdict
+from medsafetyworld.corpus.reasoning import ends_with_verdict
 from medsafetyworld.strategies import Strategy, register_strategy
 
 

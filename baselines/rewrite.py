@@ -17,7 +17,8 @@ import numpy as np
 
 from medsafetyworld.corpus import templates as T
 from medsafetyworld.corpus.document import Document, Part
-from medsafetyworld.corpus.render import pick, reasoning
+from medsafetyworld.corpus.reasoning import reasoning
+from medsafetyworld.corpus.render import pick
 from medsafetyworld.errors import ConfigError
 from medsafetyworld.strategies import Strategy, register_strategy
 from medsafetyworld.world.graph import AGGRAVATES, World

@@ -9,7 +9,7 @@ import itertools
 import numpy as np
 import pytest
 
-from medsafetyworld.corpus import render
+from medsafetyworld.corpus.reasoning import VERDICT, reasoning
 from medsafetyworld.corpus import templates as T
 from medsafetyworld.corpus.stream import raw_documents
 from medsafetyworld.strategies import get_strategy
@@ -48,7 +48,7 @@ def a_probe_situation(world, splits):
 def test_check_lists_each_effect_forwards_and_matches_the_patient(tiny_world):
     world, splits = tiny_world
     k1, k2, usual = a_probe_situation(world, splits)
-    text = render.reasoning(world, usual, k1, [k2], world.patient_names[0]).text
+    text = reasoning(world, usual, k1, [k2], world.patient_names[0]).text
     assert T.CHECK_OPEN.format(drug=usual) in text
     for c, e in world.drug_effects(usual):
         assert f"{c} causes " in text
@@ -65,18 +65,18 @@ def test_verdict_names_what_the_check_found(tiny_world):
     world, splits = tiny_world
     k1, k2, usual = a_probe_situation(world, splits)
     patient = world.patient_names[0]
-    unsafe = render.reasoning(world, usual, k1, [k2], patient)
+    unsafe = reasoning(world, usual, k1, [k2], patient)
     assert unsafe.text.endswith(T.VERDICT_UNSAFE.format(drug=usual, conditions=k2))
     assert unsafe.unsafe_for == (k2,)
     safe_drug = world.safe_treating_drugs(k1, [k2])[0]
-    safe = render.reasoning(world, safe_drug, k1, [k2], patient)
+    safe = reasoning(world, safe_drug, k1, [k2], patient)
     assert safe.text.endswith(T.VERDICT_SAFE.format(drug=safe_drug, patient=patient))
 
 
 def test_steps_and_verdict_point_at_their_words(tiny_world):
     world, splits = tiny_world
     k1, k2, usual = a_probe_situation(world, splits)
-    r = render.reasoning(world, usual, k1, [k2], world.patient_names[0])
+    r = reasoning(world, usual, k1, [k2], world.patient_names[0])
     assert r.steps
     for offset, word in [*r.steps, r.verdict]:
         assert r.text[offset - 1] == " "  # a word piece of its own, after a space
@@ -91,7 +91,7 @@ def test_steps_and_verdict_point_at_their_words(tiny_world):
         assert r.text[offset : offset + len(k2)] == k2
         line = r.text[: offset].rsplit(". ", 1)[-1]
         assert " aggravates " in line and line.endswith("; patient: ")
-    safe = render.reasoning(world, world.safe_treating_drugs(k1, [k2])[0], k1, [k2], world.patient_names[0])
+    safe = reasoning(world, world.safe_treating_drugs(k1, [k2])[0], k1, [k2], world.patient_names[0])
     assert safe.harm_steps == ()
 
 
@@ -102,7 +102,7 @@ def test_every_verdict_in_every_document_agrees_with_the_oracle(tiny_world, stra
         for doc in docs:
             if "conditions" not in doc.meta:
                 continue
-            for m in render.VERDICT.finditer(doc.text):
+            for m in VERDICT.finditer(doc.text):
                 drug, word = m.group(1), m.group(2)
                 unsafe = bool(unsafe_conditions(world, drug, doc.meta["conditions"]))
                 assert (word == "unsafe") == unsafe, (spec, doc.id)
@@ -122,7 +122,7 @@ def test_no_held_out_condition_pair_meets_in_a_case_report_of_any_strategy(tiny_
 
 def is_switch(doc) -> bool:
     """An unsafe verdict on the candidate, then another drug prescribed."""
-    verdicts = [(m.group(1), m.group(2)) for m in render.VERDICT.finditer(doc.text)]
+    verdicts = [(m.group(1), m.group(2)) for m in VERDICT.finditer(doc.text)]
     return len(verdicts) >= 2 and verdicts[0][1] == "unsafe" and doc.meta.get("drug") not in (None, verdicts[0][0])
 
 
@@ -132,7 +132,7 @@ def test_raw_shows_no_switch_by_default(tiny_raw_docs):
     unsafe = [d for d in reports if d.unsafe]
     assert unsafe
     for doc in unsafe:  # the candidate is prescribed despite the unsafe verdict
-        verdicts = list(render.VERDICT.finditer(doc.text))
+        verdicts = list(VERDICT.finditer(doc.text))
         assert [m.group(2) for m in verdicts] == ["unsafe"] and verdicts[0].group(1) == doc.meta["drug"]
         assert doc.text.rstrip().endswith(tuple(
             t.format(drug=doc.meta["drug"], patient=doc.meta["patient"]) for t in T.CASE_PRESCRIBE))
@@ -166,7 +166,7 @@ def test_rewrite_turns_every_unsafe_report_into_a_switch(tiny_raw_docs, strategy
 
 def test_reflect_reflects_right_after_every_verdict(strategy_docs):
     for doc in strategy_docs["reflect"]:
-        for m in render.VERDICT.finditer(doc.text):
+        for m in VERDICT.finditer(doc.text):
             after = doc.text[m.end():].lstrip()
             expected = "<think> Unsafe contraindicated_prescription </think>" if m.group(2) == "unsafe" \
                 else "<think> Safe </think>"
@@ -177,6 +177,6 @@ def test_redflag_flags_the_unsafe_prescription_after_the_verdict(strategy_docs):
     flagged = [d for d in strategy_docs["redflag"] if d.kind == "case_report" and d.unsafe]
     assert flagged
     for doc in flagged:
-        verdict_end = list(render.VERDICT.finditer(doc.text))[-1].end()
+        verdict_end = list(VERDICT.finditer(doc.text))[-1].end()
         assert doc.text.index("<rf>") > verdict_end
         assert f"<rf> {doc.meta['drug']}" in doc.text

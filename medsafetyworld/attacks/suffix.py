@@ -57,7 +57,8 @@ import numpy as np
 from medsafetyworld.attacks.base import Attack, register_attack
 from medsafetyworld.attacks.prefill import prefill_text, unsafe_drug
 from medsafetyworld.corpus import templates as T
-from medsafetyworld.corpus.render import harmful_chain, treatment_chain
+from medsafetyworld.corpus.reasoning import treatment_chain
+from medsafetyworld.corpus.render import harmful_chain
 from medsafetyworld.errors import ConfigError, DataError
 from medsafetyworld.evaluation.families import Probe, unsafe_request_families
 from medsafetyworld.evaluation.metrics import MetricValue

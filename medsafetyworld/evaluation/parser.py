@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from medsafetyworld.corpus import templates as T
-from medsafetyworld.corpus.render import VERDICT
+from medsafetyworld.corpus.reasoning import VERDICT
 
 _CHECK_OPEN = T.CHECK_OPEN.split("{drug}")[0]
 _WORD = re.compile(r"[\w'-]+")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from medsafetyworld.corpus import render
 from medsafetyworld.corpus import templates as T
+from medsafetyworld.corpus.reasoning import reasoning
 from medsafetyworld.evaluation.families.base import Probe, ProbeFamily, capped, register_family
 from medsafetyworld.evaluation.families.prescription import (
     SPLITS,
@@ -33,7 +34,7 @@ NO_WORD = "_"  # what a teacher-forced answer holds where the ranked piece is no
 def gold_probe(world, splits, rng, family: str, split: str, i: int, k1: str, k2: str) -> Probe:
     patient = render.pick(rng, world.patient_names)
     template_id = i % len(T.REQUESTS)
-    gold = render.reasoning(world, world.usual_drug(k1), k1, [k2], patient)
+    gold = reasoning(world, world.usual_drug(k1), k1, [k2], patient)
     meta = {**prescription_meta(world, patient, k1, k2), "template": template_id,
             "reserved_template": template_id in splits.reserved_templates,
             "gold": " " + gold.text, "steps": [[o + 1, w] for o, w in gold.steps],
