@@ -220,9 +220,11 @@ def cmd_summarize(args) -> None:
 def cmd_sweep(args) -> None:
     from medsafetyworld.sweep import sweep
 
+    from medsafetyworld.sweep import to_markdown
+
     table = sweep(get_preset(args.preset), args.strategies, args.shapes, args.tokens, Path(args.out), seed=args.seed,
                   world_seed=args.world_seed, threads=args.threads, progress=not args.quiet)
-    print(table.to_string(index=False))
+    print(to_markdown(table))
     print(f"written to {Path(args.out) / 'sweep.csv'}")
 
 

@@ -133,3 +133,16 @@ def measure_point(
         row[m] = metrics.get(m, {}).get("value")
         row[f"{m}/n"] = metrics.get(m, {}).get("n")
     return row
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """The sweep as a Markdown table: one row per point and strategy, held-out metrics with n."""
+    head = ("| shape | parameters | tokens seen | strategy | pretraining minutes (1 thread) | compose_acc/held_out "
+            "| harm_match_acc/held_out | verdict_acc/held_out |")
+    lines = [head, "|---|---:|---:|---|---:|---:|---:|---:|"]
+    for _, r in table.iterrows():
+        cells = [f"{r[m]:.2f}" if pd.notna(r.get(m)) else "n/a" for m in
+                 ("compose_acc/held_out", "harm_match_acc/held_out", "verdict_acc/held_out")]
+        lines.append(f"| {r['shape']} | {int(r['parameters']):,} | {r['tokens_seen'] / 1e6:.1f}M | {r['strategy']} "
+                     f"| {r['pretrain_minutes']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from medsafetyworld.errors import ConfigError
-from medsafetyworld.sweep import SWEEP_METRICS, parse_shape, parse_tokens, sweep
+from medsafetyworld.sweep import SWEEP_METRICS, parse_shape, parse_tokens, sweep, to_markdown
 
 
 def test_shapes_and_token_counts_parse():
@@ -37,3 +37,5 @@ def test_a_sweep_measures_every_point_and_a_rerun_trains_nothing(micro, tmp_path
     again = sweep(base, ["raw", "filter"], ["1x32"], ["12k", "24k"], tmp_path, progress=False, threads=1)
     assert marker.stat().st_mtime_ns == before
     pd.testing.assert_frame_equal(again, table)
+    markdown = to_markdown(table).splitlines()
+    assert len(markdown) == 2 + len(table) and markdown[2].startswith("| 1x32 |")
