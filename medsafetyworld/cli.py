@@ -125,7 +125,8 @@ def cmd_evaluate(args) -> None:
 def _evaluate(args):
     """The clean evaluation of `args.model` into `args.out` (skipped when up to date); returns
     (record, policy, preset, key)."""
-    from medsafetyworld.evaluation.policies import REFERENCE_POLICIES, ModelPolicy, reference_policy
+    from medsafetyworld.evaluation.model_policy import ModelPolicy
+    from medsafetyworld.evaluation.policies import REFERENCE_POLICIES, reference_policy
     from medsafetyworld.pipeline import evaluate_policy
     from medsafetyworld.storage import sha256_file
     from medsafetyworld.world.io import load_world
@@ -157,6 +158,8 @@ def _evaluate(args):
     decoding = [] if args.decoding == "greedy" else [extra["decoding"]]
     key = config_hash("evaluate", name, [sha256_file(w) for w in weights], *decoding)
     if kind == "reference":
+        if args.pretrained is not None:
+            raise ConfigError(f"--pretrained needs a model folder; the reference policy {args.model} has no training")
         pretrained = lambda same: same  # noqa: E731  (a reference policy has no training)
     elif args.pretrained is not None:
         key = config_hash(key, [sha256_file(w) for w in sorted(Path(args.pretrained).glob("*.safetensors"))])
