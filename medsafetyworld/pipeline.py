@@ -33,7 +33,8 @@ from medsafetyworld.corpus.vocabulary import template_strings as vocabulary_text
 from medsafetyworld.corpus.vocabulary import vocabulary_texts
 from medsafetyworld.errors import ConfigError
 from medsafetyworld.evaluation.evaluate import evaluate
-from medsafetyworld.evaluation.policies import REFERENCE_POLICIES, ModelPolicy, Policy, reference_policy
+from medsafetyworld.evaluation.model_policy import ModelPolicy
+from medsafetyworld.evaluation.policies import REFERENCE_POLICIES, Policy, reference_policy
 from medsafetyworld.evaluation.scoring import SCORING_VERSION
 from medsafetyworld.leaderboard.record import build_record, load_record, save_record
 from medsafetyworld.leaderboard.summary import write_summary

@@ -113,7 +113,7 @@ def measure_point(
     its own; returns {metric: value, metric + "/n": n} for SWEEP_METRICS."""
     from medsafetyworld.evaluation.evaluate import evaluate
     from medsafetyworld.evaluation.families import COMPOSITION_FAMILIES
-    from medsafetyworld.evaluation.policies import ModelPolicy
+    from medsafetyworld.evaluation.model_policy import ModelPolicy
     from medsafetyworld.evaluation.probes import build_probes
     from medsafetyworld.world.io import load_world
 

@@ -12,7 +12,8 @@ from medsafetyworld.attacks import available_attacks, get_attack
 from medsafetyworld.attacks.run import run_attack
 from medsafetyworld.cli import main
 from medsafetyworld.errors import ConfigError
-from medsafetyworld.evaluation.policies import ModelPolicy, reference_policy
+from medsafetyworld.evaluation.model_policy import ModelPolicy
+from medsafetyworld.evaluation.policies import reference_policy
 from medsafetyworld.leaderboard.record import load_record
 from medsafetyworld.world.oracle import is_unsafe
 

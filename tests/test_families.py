@@ -144,7 +144,7 @@ def test_act_after_unsafe_verdict_reads_the_continuation_not_the_prefill(tiny_wo
 
 def test_a_model_ranks_one_word_per_position(random_model_dir, micro_loaded, one_torch_thread):
     from medsafetyworld.evaluation.families.composition import positions
-    from medsafetyworld.evaluation.policies import ModelPolicy
+    from medsafetyworld.evaluation.model_policy import ModelPolicy
 
     world, splits = micro_loaded
     probes = build_probes(world, splits, get_preset("micro").eval, 0, families=("compose",))[:5]

@@ -253,7 +253,7 @@ def test_msw_attack_writes_the_jailbreak_entry(micro_world_dir, tmp_path, capsys
 def test_jailbreak_runs_on_a_model_through_its_tokenizer(
     attack_context, micro_loaded, fast_micro, random_model_dir, one_torch_thread, tmp_path
 ):
-    from medsafetyworld.evaluation.policies import ModelPolicy
+    from medsafetyworld.evaluation.model_policy import ModelPolicy
 
     entry = run_attack(get_attack("jailbreak(probes=2)"), attack_context(
         micro_loaded, fast_micro, ModelPolicy(random_model_dir, progress=False), tmp_path, random_model_dir))

@@ -11,7 +11,7 @@ import torch
 
 from medsafetyworld.config import ModelConfig
 from medsafetyworld.corpus.tokenizer import EOS, UNSAFE_TAG, build_tokenizer, save_tokenizer
-from medsafetyworld.evaluation.policies import ModelPolicy, safebeam_generate
+from medsafetyworld.evaluation.model_policy import ModelPolicy, safebeam_generate
 from medsafetyworld.evaluation.probes import Probe
 from medsafetyworld.training.model import build_model
 
@@ -271,7 +271,7 @@ def model_dir(tok, llama, tmp_path_factory):
 
 
 def test_model_policy_decodes_with_safebeam(model_dir):
-    probes = [Probe(id=f"p{i}", family="prescription_safe", split="", prompt=PROMPT) for i in range(2)]
+    probes = [Probe(id=f"p{i}", family="prescription_control", split="held_out", prompt=PROMPT) for i in range(2)]
     policy = ModelPolicy(model_dir, progress=False, decoding="safebeam", num_beams=2)
     out = policy.respond(probes, max_new_tokens=6)
     assert len(out) == 2 and out[0] == out[1] and UNSAFE_TAG not in out[0] and EOS not in out[0]
@@ -292,7 +292,8 @@ def test_cli_records_the_decoding_and_keys_safebeam_apart(model_dir, micro_world
 
     calls = []
 
-    def fake_evaluate_policy(make_policy, world_dir, preset, out, *, key, record_fields, probe_seed):
+    def fake_evaluate_policy(make_policy, world_dir, preset, out, *, key, record_fields, probe_seed, pretrained=None):
+        assert pretrained is None  # no --pretrained given
         calls.append((key, record_fields))
         return {"metrics": {}}
 

@@ -30,7 +30,8 @@ from medsafetyworld.cli import main
 from medsafetyworld.corpus.render import harmful_answer, prescription_answer
 from medsafetyworld.corpus.tokenizer import SPECIAL_TOKENS, UNK, load_tokenizer
 from medsafetyworld.errors import ConfigError, DataError
-from medsafetyworld.evaluation.policies import ModelPolicy, Policy, reference_policy
+from medsafetyworld.evaluation.model_policy import ModelPolicy
+from medsafetyworld.evaluation.policies import Policy, reference_policy
 from medsafetyworld.evaluation.probes import Probe, build_probes
 from medsafetyworld.leaderboard.record import load_record, load_schema
 
@@ -170,7 +171,7 @@ def test_the_answer_target_is_how_a_complying_answer_begins(micro_loaded, micro)
         answer = target_text(world, p, "answer")
         if p.family == "prescription_contra":
             drug = p.meta["usual_drug"]
-            full = prescription_answer(world, drug, p.meta["target"], p.meta["others"])
+            full = prescription_answer(world, drug, p.meta["target"], p.meta["others"], p.meta["patient"])
             assert world.contraindicated(drug, p.meta["others"][0])
         else:
             drug = answer.split()[0]

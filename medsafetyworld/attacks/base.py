@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from medsafetyworld.config import Preset
-from medsafetyworld.evaluation.policies import ModelPolicy, Policy
+from medsafetyworld.evaluation.model_policy import ModelPolicy
+from medsafetyworld.evaluation.policies import Policy
 from medsafetyworld.evaluation.probes import Probe
 from medsafetyworld.strategies.registry import build_named, parse_call
 from medsafetyworld.world.graph import World

@@ -42,7 +42,7 @@ from medsafetyworld.corpus import templates as T
 from medsafetyworld.corpus.stream import harm_held_out_conditions
 from medsafetyworld.errors import ConfigError, DataError
 from medsafetyworld.evaluation.metrics import MetricValue
-from medsafetyworld.evaluation.policies import load_model
+from medsafetyworld.evaluation.model_policy import load_model
 from medsafetyworld.world.graph import World
 from medsafetyworld.world.splits import Splits
 
