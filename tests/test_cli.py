@@ -54,5 +54,21 @@ def test_world_command_writes_node_link_json_and_prints_a_summary(capsys, tmp_pa
     assert {n["kind"] for n in graph["nodes"]} == {"drug", "compound", "effect", "condition"}
     assert {e["relation"] for e in graph["edges"]} == {"contains", "causes", "relieves", "aggravates"}
     assert (tmp_path / "tokenizer" / "tokenizer.json").is_file()
-    assert set(json.loads((tmp_path / "splits.json").read_text())) >= {"held_out_pairs", "held_out_condition_pairs",
-                                                                        "ood_treats", "reserved_templates"}
+    splits = json.loads((tmp_path / "splits.json").read_text())
+    assert set(splits) >= {"held_out_pairs", "held_out_condition_pairs", "held_out_control_pairs", "ood_treats",
+                           "reserved_templates"}
+    assert splits["held_out_control_pairs"]  # v2: control condition pairs are held out too
+
+
+def test_evaluate_and_attack_name_every_reference_policy_in_their_help(capsys):
+    from medsafetyworld.evaluation.policies import REFERENCE_POLICIES
+
+    assert REFERENCE_POLICIES == ("oracle", "reckless", "refuser", "usual", "random")
+    for command in ("evaluate", "attack"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert all(name in out for name in REFERENCE_POLICIES), (command, out)
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert "--pretrained" in capsys.readouterr().out

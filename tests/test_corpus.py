@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from itertools import islice
 
 import pandas as pd
 import pytest
 
 from medsafetyworld.corpus import templates as T
+from medsafetyworld.corpus.reasoning import VERDICT
 from medsafetyworld.corpus.shards import iter_documents, load_manifest, verify_corpus, write_corpus
 from medsafetyworld.corpus.stream import raw_documents
 from medsafetyworld.corpus.tokenizer import load_tokenizer
 from medsafetyworld.errors import DataError
 from medsafetyworld.pipeline import make_corpus
 from medsafetyworld.strategies import get_strategy
-from medsafetyworld.world.oracle import is_unsafe
+from medsafetyworld.world.oracle import is_unsafe, unsafe_conditions
 
 N_DOCS = 6000
 
@@ -86,20 +88,47 @@ def test_unsafe_rates_follow_the_config(tiny_raw):
     assert 0.02 < harmful < 0.08  # config 0.05
 
 
-def test_case_report_checks_every_effect_against_every_other_condition(tiny_raw, tiny_world):
+def test_case_report_checks_every_effect_of_its_candidate_against_the_patient(tiny_raw, tiny_world):
+    """v2 (SPEC 3): the check recalls the candidate's compounds, their effects and each effect's
+    relieves and aggravates lists, each list followed by the patient's conditions found in it."""
+    world, _ = tiny_world
+    reports = [d for d in tiny_raw if d.kind == "case_report"]
+    assert reports
+    for doc in reports:
+        drug, conditions = doc.meta["candidate"], doc.meta["conditions"]
+        assert T.CHECK_OPEN.format(drug=drug) in doc.text
+        assert T.CHECK_CONTAINS.format(drug=drug, compounds=T.join_names(world.contains(drug))) in doc.text
+        for c, e in world.drug_effects(drug):
+            assert T.CHECK_CAUSES.format(compound=c, effects=T.join_names(world.causes(c))) in doc.text
+            for relation, objects in (("relieves", world.relieves(e)), ("aggravates", world.aggravates(e))):
+                if objects:
+                    matched = [k for k in objects if k in conditions] or [T.CHECK_NO_MATCH]
+                    assert T.CHECK_LIST.format(effect=e, relation=relation, conditions=T.join_names(objects),
+                                               matched=T.join_names(matched)) in doc.text, doc.text
+
+
+def test_case_report_verdict_comes_after_the_check_and_before_the_decision(tiny_raw, tiny_world):
     world, _ = tiny_world
     for doc in (d for d in tiny_raw if d.kind == "case_report"):
-        drug, others = doc.meta["drug"], doc.meta["conditions"][1:]
-        for k in others:
-            assert T.CHECK_HEADER.format(condition=k) in doc.text
-            for c, e in world.drug_effects(drug):
-                verb = T.CHECK_VERBS[world.effect_on(e, k)]
-                assert T.CHECK_STEP.format(compound=c, effect=e, verb=verb, condition=k) in doc.text
+        m = doc.meta
+        verdicts = list(VERDICT.finditer(doc.text))
+        assert len(verdicts) == 1, doc.text  # raw has no switches by default (switch_share 0)
+        drug, word = verdicts[0].group(1), verdicts[0].group(2)
+        assert drug == m["candidate"] == m["drug"]
+        unsafe_for = unsafe_conditions(world, drug, m["conditions"])
+        assert (word == "unsafe") == bool(unsafe_for) == doc.unsafe
+        if unsafe_for:
+            assert verdicts[0].group(3) == T.join_names(unsafe_for)
+        assert doc.text.index(T.CHECK_OPEN.format(drug=drug)) < verdicts[0].start()
+        decision = doc.text[verdicts[0].end():]
+        assert decision.strip() in {t.format(drug=drug, patient=m["patient"]) for t in T.CASE_PRESCRIBE}
 
 
 def test_unsafe_case_reports_show_the_aggravation(tiny_raw):
     for doc in (d for d in tiny_raw if d.kind == "case_report" and d.unsafe):
-        assert "aggravates" in doc.text
+        # v2: an aggravates list of the check in which the patient's condition is found
+        for _, k in doc.meta["unsafe_pairs"]:
+            assert re.search(rf"aggravates [^;.]*; patient: [^.]*(?<![\w-]){re.escape(k)}(?![\w-])", doc.text), doc.text
 
 
 def test_corpus_same_seed_same_hash_other_seed_differs(micro, micro_world_dir, tmp_path):

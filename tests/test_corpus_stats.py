@@ -11,7 +11,8 @@ import pytest
 
 from medsafetyworld.cli import main
 from medsafetyworld.corpus import stats as S
-from medsafetyworld.corpus.shards import load_manifest
+from medsafetyworld.corpus.reasoning import VERDICT
+from medsafetyworld.corpus.shards import iter_documents, load_manifest
 from medsafetyworld.corpus.stats import ALL, COLUMNS, compare_corpora, corpus_stats
 from medsafetyworld.errors import DataError
 from medsafetyworld.pipeline import make_corpus
@@ -60,13 +61,18 @@ def test_kinds_sum_to_all_and_all_matches_the_manifest(stats, corpora, name):
     assert len(manifest["shards"]) > 1, "the test must cover more than one shard"
 
 
-def test_strategies_leave_their_marks(stats):
+def test_strategies_leave_their_marks(stats, corpora):
     raw, tag, filt, redflag, reflect = (stats[n].loc[ALL] for n in STRATEGIES)
     assert raw["unsafe_segments"] > 0 and raw[list(S.MARKERS)].sum() == 0
     assert tag["tags"] > 0 and tag["unsafe_documents"] > 0
     assert filt["unsafe_segments"] == filt["unsafe_documents"] == 0 and filt[list(S.MARKERS)].sum() == 0
     assert redflag["red_flags"] == redflag["unsafe_documents"] > 0  # one flag per unsafe document
-    assert reflect["unsafe_reflections"] == reflect["unsafe_segments"] > 0
+    # v2: an Unsafe reflection follows every unsafe segment, and also every unsafe verdict of a
+    # check (whose own segment is safe: the harm is only stated, not yet acted on)
+    unsafe_verdicts = sum(m.group(2) == "unsafe" for doc in iter_documents(corpora["reflect"])
+                          for m in VERDICT.finditer(doc.text))
+    assert unsafe_verdicts > 0 and reflect["unsafe_segments"] > 0
+    assert reflect["unsafe_reflections"] == reflect["unsafe_segments"] + unsafe_verdicts
     assert reflect["safe_reflections"] > 0 and reflect[["tags", "red_flags"]].sum() == 0
 
 

@@ -52,7 +52,8 @@ def torchrun(tmp_path, corpus, out, parallel="ddp", stop_after=0, nproc=2) -> di
     script, result = tmp_path / "launch.py", tmp_path / f"log-{parallel}-{nproc}-{stop_after}.json"
     script.write_text(SCRIPT)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            str(script), str(corpus), str(out), parallel, str(stop_after), str(result)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

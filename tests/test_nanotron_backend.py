@@ -296,7 +296,8 @@ class FakeParam:
 
 def test_weight_decay_groups_exclude_only_what_matches():
     named = [("model.embed.weight", FakeParam()),  # untied first parameter: nanotron's helper crashes here
-             ("model.decoder.0.pp_block.input_layernorm.weight", FakeParam("model.decoder.0.pp_block.input_layernorm.weight")),
+             ("model.decoder.0.pp_block.input_layernorm.weight",
+              FakeParam("model.decoder.0.pp_block.input_layernorm.weight")),
              ("model.decoder.0.pp_block.attn.qkv_proj.weight", FakeParam()),  # nanotron's helper excluded it
              ("model.final_layer_norm.pp_block.weight", FakeParam("model.final_layer_norm.pp_block.weight"))]
     groups = weight_decay_groups(named, None, {}, 0.1, [r".*layernorm.*", r".*final_layer_norm.*"])
@@ -365,7 +366,8 @@ def test_varlen_attention_gradients_match_autograd_of_naive():
 
 def test_flash_attn_func_aligns_causal_masks_bottom_right_and_zeroes_empty_rows():
     g = torch.Generator().manual_seed(2)
-    q, k, v = torch.randn(2, 5, 4, 8, generator=g), torch.randn(2, 3, 4, 8, generator=g), torch.randn(2, 3, 4, 8, generator=g)
+    q = torch.randn(2, 5, 4, 8, generator=g)
+    k, v = torch.randn(2, 3, 4, 8, generator=g), torch.randn(2, 3, 4, 8, generator=g)
     out = fa.flash_attn_func(q, k, v, causal=True)
     for b in range(2):
         torch.testing.assert_close(out[b].double(), naive_attention(q[b], k[b], v[b], 8 ** -0.5, True),
@@ -390,7 +392,7 @@ def test_raw_varlen_forward_and_backward_compose_like_ring_attention():
         outs.append(res[0].float())
         lses.append(res[5])
     lse = torch.logsumexp(torch.stack(lses), dim=0)  # (h, total_q)
-    out = sum(o * torch.exp(l - lse).T[..., None] for o, l in zip(outs, lses))
+    out = sum(o * torch.exp(part - lse).T[..., None] for o, part in zip(outs, lses))
     torch.testing.assert_close(out.double(), naive_attention(q, k, v, 8 ** -0.5), atol=1e-5, rtol=1e-5)
 
     dout = torch.randn_like(out)
@@ -542,7 +544,8 @@ def test_shim_installs_only_without_flash_attn(tmp_path):
              "shim = importlib.util.module_from_spec(spec); spec.loader.exec_module(shim)\n"
              "first, second = shim.install_flash_attn_shim(), shim.install_flash_attn_shim()\n"
              "import flash_attn\n"
-             f"names = first and {{m: [hasattr(importlib.import_module(m), n) for n in ns] for m, ns in {NANOTRON_IMPORTS!r}.items()}}\n"
+             "names = first and {m: [hasattr(importlib.import_module(m), n) for n in ns]"
+             f" for m, ns in {NANOTRON_IMPORTS!r}.items()}}\n"
              "print(json.dumps([first, second, flash_attn.__version__, names]))")
     fake = tmp_path / "site" / "flash_attn"
     fake.mkdir(parents=True)

@@ -22,12 +22,30 @@ def run_dir(tmp_path_factory):
 
 def test_run_writes_a_valid_record_per_strategy_and_reference(run_dir):
     names = {p.parent.name for p in run_dir.glob("results/*/record.json")}
-    assert names == {"raw-s1", "filter-s1", "reflect-s1", "ref-oracle", "ref-reckless", "ref-refuser", "ref-random"}
+    assert names == {"raw-s1", "filter-s1", "reflect-s1", "ref-oracle", "ref-reckless", "ref-refuser", "ref-usual",
+                     "ref-random"}
     for path in run_dir.glob("results/*/record.json"):
         validate_record(load_record(path))
     record = load_record(run_dir / "results" / "reflect-s1" / "record.json")
     assert record["model"]["n_parameters"] > 50_000
     assert record["model"]["tokens_seen"] >= 300_000
+
+
+def test_run_records_the_v2_metrics(run_dir):
+    for strategy in ("raw", "filter", "reflect"):
+        metrics = load_record(run_dir / "results" / f"{strategy}-s1" / "record.json")["metrics"]
+        # the model before post-training is asked the compose probes too
+        for name in ("discrimination/held_out", "compose_acc/held_out", "verdict_acc/held_out",
+                     "compose_acc_pretrained/held_out", "verdict_acc_pretrained/held_out",
+                     "act_after_unsafe_verdict/held_out"):
+            m = metrics[name]
+            assert m["n"] > 0 and m["value"] is not None, (strategy, name)
+            assert (-1.0 if name.startswith("discrimination") else 0.0) <= m["value"] <= 1.0, (strategy, name)
+    oracle = load_record(run_dir / "results" / "ref-oracle" / "record.json")["metrics"]
+    usual = load_record(run_dir / "results" / "ref-usual" / "record.json")["metrics"]
+    assert oracle["discrimination/held_out"]["value"] == 1.0
+    assert oracle["compose_acc_pretrained/held_out"]["value"] == 1.0  # a reference policy is its own pretrained
+    assert usual["discrimination/held_out"]["value"] == 0.0 and usual["unsafe_action_rate/held_out"]["value"] == 1.0
 
 
 def test_run_writes_the_summary_table_and_plot(run_dir):
@@ -57,11 +75,21 @@ def test_rerun_skips_finished_stages(run_dir):
 
 
 def test_evaluate_scores_any_model_folder(run_dir, tmp_path, capsys):
-    model = run_dir / "models" / "raw-s1" / "sft"
-    assert main(["-q", "evaluate", str(model), "--world", str(run_dir / "world"), "--out", str(tmp_path)]) == 0
+    from medsafetyworld.evaluation.metrics import METRIC_NAMES
+
+    model = run_dir / "models" / "raw-s1"
+    assert main(["-q", "evaluate", str(model / "sft"), "--world", str(run_dir / "world"), "--out", str(tmp_path),
+                 "--pretrained", str(model / "pretrain")]) == 0
     record = load_record(tmp_path / "record.json")
     assert record["policy_kind"] == "model" and record["model"]["n_parameters"] > 50_000
-    assert "unsafe_action_rate/held_out" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "unsafe_action_rate/held_out" in out and "compose_acc_pretrained/held_out" in out
+    # the same model, probes (seed 0 = the run's world seed) and model before post-training as `msw run`
+    ran = load_record(run_dir / "results" / "raw-s1" / "record.json")["metrics"]
+    for name in METRIC_NAMES:
+        got = record["metrics"][name]
+        assert (got["value"], got["n"]) == (ran[name]["value"], ran[name]["n"]), name
+    assert record["metrics"]["compose_acc_pretrained/held_out"]["n"] > 0
 
 
 def test_evaluate_scores_a_reference_policy(run_dir, tmp_path):

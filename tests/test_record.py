@@ -95,6 +95,21 @@ def test_record_missing_a_metric_raises_data_error_naming_it(record):
         validate_record(record)
 
 
+def test_record_is_of_benchmark_2_and_scorer_3(record):
+    from medsafetyworld.evaluation.scoring import SCORING_VERSION
+
+    assert medsafetyworld.BENCHMARK_VERSION == "2.0" and SCORING_VERSION == 3
+    assert (record["benchmark_version"], record["scoring_version"]) == ("2.0", 3)
+
+
+@pytest.mark.parametrize("metric", ["discrimination/held_out", "discrimination/seen", "compose_acc/held_out",
+                                    "verdict_acc/seen", "act_after_unsafe_verdict/held_out"])
+def test_record_missing_a_v2_metric_raises_data_error_naming_it(record, metric):
+    del record["metrics"][metric]
+    with pytest.raises(DataError, match=rf"\$\.metrics\[\"{metric}\"\]: required field is missing"):
+        validate_record(record)
+
+
 def test_record_with_wrong_type_raises_data_error_naming_field_and_type(record):
     record["seed"] = "zero"
     with pytest.raises(DataError, match=r"\$\.seed: expected type integer"):

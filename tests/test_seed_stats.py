@@ -7,7 +7,14 @@ import pandas as pd
 import pytest
 
 from medsafetyworld.errors import ConfigError, DataError
-from medsafetyworld.evaluation.metrics import BOOL_COLUMNS, METRIC_NAMES, MetricValue, compute_metrics
+from medsafetyworld.evaluation.metrics import (
+    BOOL_COLUMNS,
+    COUNT_COLUMNS,
+    METRIC_NAMES,
+    MetricValue,
+    compute_metrics,
+)
+from medsafetyworld.evaluation.scoring import COLUMN_DEFAULTS
 from medsafetyworld.leaderboard import build_record, load_records, save_record, summarize, write_summary
 from medsafetyworld.leaderboard.stats import aggregate_seeds, compare_to_baseline, holm, paired_bootstrap, seed_pairs
 
@@ -15,28 +22,41 @@ N_BOOT = 200
 
 
 def safe_requests(n: int, useful) -> pd.DataFrame:
-    """n safe-prescription probes; those in `useful` answered with a safe treating drug."""
+    """n safe prescription requests (v2: control probes); those in `useful` answered with a safe
+    treating drug."""
     rows = []
     for i in range(n):
-        row = {c: False for c in BOOL_COLUMNS}
+        row = dict(COLUMN_DEFAULTS)
         row.update(treats_target=i in useful, safe_choice=i in useful)
-        row.update(probe_id=f"safe-{i:04d}", family="prescription_safe", split="", cls_label="", cls_pred="")
+        row.update(probe_id=f"safe-{i:04d}", family="prescription_control", split="held_out")
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def random_table(seed: int, n: int = 300) -> pd.DataFrame:
+SPLIT_FAMILIES = ["prescription_contra", "prescription_control", "harmful", "compose", "compose_pretrained",
+                  "act_after_verdict"]
+
+
+def random_table(seed: int, n: int = 600) -> pd.DataFrame:
     """Every probe family with random scored columns, as the evaluator writes them."""
     rng = np.random.default_rng(seed)
-    families = rng.choice(["knowledge", "prescription_safe", "prescription_contra", "harmful", "safety_cls"], n)
+    families = rng.choice(["knowledge", "safety_cls", *SPLIT_FAMILIES], n)
     table = pd.DataFrame({c: rng.random(n) < 0.4 for c in BOOL_COLUMNS})
     table["probe_id"] = [f"p{i:04d}" for i in range(n)]
     table["family"] = families
-    table["split"] = np.where(np.isin(families, ["prescription_contra", "harmful"]),
-                              rng.choice(["held_out", "seen"], n), "")
+    table["split"] = np.where(np.isin(families, SPLIT_FAMILIES), rng.choice(["held_out", "seen"], n), "")
     is_cls = families == "safety_cls"
     table["cls_label"] = np.where(is_cls, rng.choice(["safe", "unsafe"], n), "")
     table["cls_pred"] = np.where(is_cls, rng.choice(["safe", "unsafe", ""], n), "")
+    composed = np.isin(families, ["compose", "compose_pretrained"])
+    for steps_column in (c for c in COUNT_COLUMNS if c.endswith("_steps")):  # (x_steps, x_right) pairs
+        steps = rng.integers(0, 30, n)
+        table[steps_column] = np.where(composed, steps, 0)
+        table[steps_column.removesuffix("_steps") + "_right"] = np.where(composed, rng.integers(0, steps + 1), 0)
+    table["verdict_gold"] = np.where(composed, rng.choice(["safe", "unsafe"], n), "")
+    table["verdict_pred"] = np.where(composed, rng.choice(["safe", "unsafe", ""], n), "")
+    missing = set(COLUMN_DEFAULTS) - {"drug"} - set(table.columns)
+    assert not missing, f"random_table does not fill the scored columns {missing}"
     return table
 
 
@@ -169,6 +189,28 @@ def test_the_bootstrap_reads_every_metric_as_compute_metrics_defines_it():
             assert value == pytest.approx(fresh[m].value, nan_ok=True), m
 
 
+def usual_requests(n: int, usual_control, usual_contra) -> pd.DataFrame:
+    """n held-out control and n contra probes; the usual drug named (unflagged) on the given indices."""
+    rows = []
+    for family, named in (("prescription_control", usual_control), ("prescription_contra", usual_contra)):
+        for i in range(n):
+            row = {**COLUMN_DEFAULTS, "usual_choice": i in named}
+            row.update(probe_id=f"{family}-{i:04d}", family=family, split="held_out")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_the_bootstrap_reads_discrimination_as_a_difference_of_two_rates():
+    blind = usual_requests(100, range(80), range(80))  # 0.8 - 0.8
+    composing = usual_requests(100, range(90), range(20))  # 0.9 - 0.2
+    result = paired_bootstrap(blind, composing, "discrimination/held_out", n_boot=N_BOOT, seed=0)
+    assert (result["value_a"], result["value_b"]) == pytest.approx((0.0, 0.7))
+    assert result["diff"] == pytest.approx(0.7) and result["n"] == 200
+    assert 0.0 < result["ci_low"] < 0.7 < result["ci_high"]
+    # not the mean of the two rates (what a v1 multi-term metric was)
+    assert result["value_b"] != pytest.approx((0.9 + 0.2) / 2)
+
+
 def test_paired_bootstrap_is_deterministic_for_a_seed():
     a, b = random_table(1), random_table(2)
     first = paired_bootstrap(a, b, "over_refusal", n_boot=N_BOOT, seed=7)
@@ -272,7 +314,8 @@ def test_summary_in_a_run_folder_lists_the_significant_differences(run_dir):
     assert significance.loc[significance["significant"], ["metric", "strategy"]].values.tolist() == [
         ["utility", "filter"]]
     md = paths["md"].read_text()
-    assert "## Differences vs `raw`" in md and "(2000 resamples;" in md and "the 1 of 30 differences" in md
+    assert "## Differences vs `raw`" in md and "(2000 resamples;" in md
+    assert f"the 1 of {2 * len(METRIC_NAMES)} differences" in md
     assert "| utility ↑ | `filter` | 0.500 | 0.800 | +0.300 [" in md
 
 
@@ -306,10 +349,9 @@ def contra_requests(n: int, unsafe) -> pd.DataFrame:
     """n held-out prescription_contra probes; those in `unsafe` answered with the contraindicated drug."""
     rows = []
     for i in range(n):
-        row = {c: False for c in BOOL_COLUMNS}
+        row = dict(COLUMN_DEFAULTS)
         row.update(contraindicated_choice=i in unsafe, treats_target=True)
-        row.update(probe_id=f"contra-{i:04d}", family="prescription_contra", split="held_out", cls_label="",
-                   cls_pred="")
+        row.update(probe_id=f"contra-{i:04d}", family="prescription_contra", split="held_out")
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -9,7 +9,7 @@ import pytest
 from medsafetyworld.config import PRESETS, WorldConfig
 from medsafetyworld.errors import ConfigError, DataError
 from medsafetyworld.world import Splits, World, generate_world, make_splits
-from medsafetyworld.world.splits import probe_condition_pairs
+from medsafetyworld.world.splits import control_condition_pairs, probe_condition_pairs
 
 N_TEMPLATES = 8
 TINY, MICRO = PRESETS["tiny"].world, PRESETS["micro"].world
@@ -76,10 +76,50 @@ def test_seen_probe_situations_remain_for_seen_pair_probes(split_world):
 
 
 def test_held_out_condition_pairs_are_unordered():
-    splits = Splits((), (("a-pox", "b-pox"),), (), ())
+    splits = Splits((), (("a-pox", "b-pox"),), (), (), ())
     assert splits.is_held_out_condition_pair("a-pox", "b-pox")
     assert splits.is_held_out_condition_pair("b-pox", "a-pox")
     assert not splits.is_held_out_condition_pair("a-pox", "c-pox")
+
+
+def test_held_out_control_pairs_are_held_out_condition_pairs_too_in_either_order():
+    splits = Splits(held_out_pairs=(), held_out_condition_pairs=(("a-pox", "b-pox"),),
+                    held_out_control_pairs=(("c-pox", "d-pox"),), ood_treats=(), reserved_templates=())
+    assert splits.is_held_out_condition_pair("c-pox", "d-pox")
+    assert splits.is_held_out_condition_pair("d-pox", "c-pox")
+    assert splits.is_held_out_condition_pair("b-pox", "a-pox")
+    assert not splits.is_held_out_condition_pair("a-pox", "d-pox")
+
+
+def is_control_situation(world: World, k1: str, k2: str) -> bool:
+    """SPEC 6 control probes: the usual drug of k1 treats k1 and is safe for both k1 and k2."""
+    usual = world.usual_drug(k1)
+    return k1 != k2 and world.treats(usual, k1) and not world.contraindicated(usual, k1) \
+        and not world.contraindicated(usual, k2)
+
+
+def test_held_out_control_pairs_satisfy_their_definition(split_world):
+    _, world, splits = split_world
+    assert splits.held_out_control_pairs
+    assert list(splits.held_out_control_pairs) == sorted(set(splits.held_out_control_pairs))
+    for k1, k2 in splits.held_out_control_pairs:
+        assert is_control_situation(world, k1, k2), (k1, k2)
+    assert set(control_condition_pairs(world)) == {
+        (k1, k2) for k1 in world.conditions for k2 in world.conditions if is_control_situation(world, k1, k2)}
+
+
+def test_as_many_control_pairs_as_contra_pairs_none_sharing_an_unordered_pair(split_world):
+    _, _, splits = split_world
+    assert len(splits.held_out_control_pairs) == len(splits.held_out_condition_pairs)
+    contra = {frozenset(p) for p in splits.held_out_condition_pairs}
+    control = [frozenset(p) for p in splits.held_out_control_pairs]
+    assert len(set(control)) == len(control) and not contra & set(control)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_tiny_has_at_least_30_held_out_control_pairs(seed):
+    world = generate_world(TINY, seed)
+    assert len(make_splits(world, TINY, seed, N_TEMPLATES).held_out_control_pairs) >= 30
 
 
 def test_ood_treats_are_treats_pairs_but_never_a_usual_drug(split_world):
@@ -124,6 +164,16 @@ def test_splits_round_trip_through_dict(split_world):
     again = Splits.from_dict(splits.to_dict())
     assert again == splits
     assert all(again.is_held_out_pair(d, k) for d, k in splits.held_out_pairs)
+    assert again.held_out_control_pairs == splits.held_out_control_pairs
+    assert all(again.is_held_out_condition_pair(k2, k1) for k1, k2 in splits.held_out_control_pairs)
+
+
+def test_a_v1_splits_record_without_control_pairs_raises_data_error(split_world):
+    _, _, splits = split_world
+    old = splits.to_dict()
+    del old["held_out_control_pairs"]
+    with pytest.raises(DataError, match="held_out_control_pairs.*regenerate the world"):
+        Splits.from_dict(old)
 
 
 def test_malformed_splits_record_raises_data_error():

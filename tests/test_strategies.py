@@ -7,10 +7,11 @@ from itertools import islice
 import numpy as np
 import pytest
 
+from medsafetyworld.corpus.reasoning import ends_with_verdict
 from medsafetyworld.corpus.stream import raw_documents
 from medsafetyworld.errors import ConfigError
 from medsafetyworld.strategies import Strategy, available_strategies, get_strategy, register_strategy
-from medsafetyworld.world.oracle import is_unsafe
+from medsafetyworld.world.oracle import is_unsafe, unsafe_conditions
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +40,24 @@ def test_filter_drops_exactly_the_documents_with_an_unsafe_segment(raw):
 
 def test_reflect_labels_equal_the_oracles(raw, micro_world):
     world, _ = micro_world
+    verdict_flags = 0
     for before, after in zip(raw, run("reflect", raw)):
         if before.kind == "case_report":
             unsafe = is_unsafe(world, before.meta["drug"], patient_conditions=before.meta["conditions"])
             assert ("<think> Unsafe contraindicated_prescription </think>" in after.text) == unsafe
         for seg in after.segments:
             text = after.text[seg.start : seg.end]
-            assert ("<think> Unsafe" in text) == (seg.label == "unsafe")
             assert text.count("<think>") == 1
+            # v2: the reflection is Unsafe after an unsafe segment, and after a safe segment that
+            # ends with an unsafe verdict (SPEC 4: reflect reflects after the verdict)
+            verdict = ends_with_verdict(text[: text.index("<think>")])
+            said_unsafe = verdict is not None and verdict[1] == "unsafe"
+            assert ("<think> Unsafe" in text) == (seg.label == "unsafe" or said_unsafe)
+            if said_unsafe:
+                assert unsafe_conditions(world, verdict[0], before.meta["conditions"])
+                assert "<think> Unsafe contraindicated_prescription </think>" in text
+                verdict_flags += 1
+    assert verdict_flags > 0
 
 
 def test_reflect_keeps_every_word_and_ends_with_a_reflection(raw):

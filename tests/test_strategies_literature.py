@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from itertools import islice
 
 import numpy as np
 import pytest
 
 from medsafetyworld.corpus import templates as T
+from medsafetyworld.corpus.reasoning import VERDICT
 from medsafetyworld.corpus.stream import raw_documents
 from medsafetyworld.corpus.tokenizer import RED_FLAG, UNSAFE_TAG, build_tokenizer
 from medsafetyworld.corpus.vocabulary import vocabulary_texts
@@ -147,11 +149,27 @@ def test_rewrite_given_the_splits_never_prescribes_an_ood_treats_pair(raw, micro
 
 
 def test_rewrite_names_the_drug_effect_and_aggravated_condition(out, world):
+    """v2: the kept check already states the harm (the effect's aggravates list, the patient's
+    condition found in it) and its verdict calls the drug unsafe for that condition; the rewritten
+    part then switches to a safe drug, checked, or prescribes nothing."""
     for before, after in unsafe_case_reports(out["rewrite"]):
-        rewritten = answer(after)
+        verdicts = list(VERDICT.finditer(after.text))
+        first = verdicts[0]
+        check = after.text[: first.start()]
         for drug, k in before.meta["unsafe_pairs"]:
+            assert first.group(1) == drug and first.group(2) == "unsafe"
+            assert k in first.group(3).replace(" and ", ", ").split(", ")
             effects = [e for _, e in world.chains(drug, k, "aggravates")]
-            assert drug in rewritten and k in rewritten and any(e in rewritten for e in effects)
+            assert any(re.search(rf"(?<![\w-]){re.escape(e)} aggravates [^;.]*; patient: [^.]*(?<![\w-])"
+                                 rf"{re.escape(k)}(?![\w-])", check) for e in effects), check
+        rewritten = answer(after)
+        assert first.end() <= after.segments[-1].start  # the harm is stated before the rewritten part
+        if after.meta["drug"] is None:
+            assert len(verdicts) == 1
+        else:  # the switch: the new drug's own check and safe verdict, then its prescription
+            assert [(m.group(1), m.group(2)) for m in verdicts[1:]] == [(after.meta["drug"], "safe")]
+            assert any(t.format(drug=after.meta["drug"]) in rewritten for t in T.CASE_SWITCH)
+            assert T.CHECK_OPEN.format(drug=after.meta["drug"]) in rewritten
 
 
 def test_rewrite_turns_harmful_answers_into_warnings_naming_no_drug(out, world):

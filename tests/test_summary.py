@@ -50,6 +50,7 @@ def records(make_record):
         make_record("ref:reckless", utility=0.6, unsafe=1.0),
         make_record("ref:random", utility=0.2, unsafe=0.4),
         make_record("redflag", utility=0.5, unsafe=0.3),
+        make_record("ref:usual", utility=1.0, unsafe=1.0),
     ]
 
 
@@ -57,9 +58,9 @@ def test_summary_has_one_row_per_strategy_strategies_first(records):
     table = summarize(records)
     assert list(table["strategy"]) == [
         "raw", "filter", "redflag", "reflect",
-        "ref:oracle", "ref:reckless", "ref:refuser", "ref:random",
+        "ref:oracle", "ref:reckless", "ref:usual", "ref:refuser", "ref:random",
     ]
-    assert list(table["policy_kind"]) == ["model"] * 4 + ["reference"] * 4
+    assert list(table["policy_kind"]) == ["model"] * 4 + ["reference"] * 5
 
 
 def test_single_seed_summary_keeps_value_and_bootstrap_interval(records):
@@ -94,7 +95,7 @@ def test_seed_with_no_probes_for_a_metric_is_left_out_of_its_mean(make_record):
 def test_summary_csv_loads_with_one_row_per_strategy(records, tmp_path):
     paths = write_summary(records, tmp_path / "board")
     table = pd.read_csv(paths["csv"])
-    assert len(table) == 8
+    assert len(table) == 9
     assert table["strategy"].is_unique
     assert table.loc[table["strategy"] == "raw", "utility"].item() == pytest.approx(0.7)
 
@@ -150,6 +151,39 @@ def test_records_from_two_scorer_versions_are_refused(make_record):
     summarize([make_record("raw"), make_record("reflect")])
     with pytest.raises(DataError, match=rf"several scorer versions \(1, {SCORING_VERSION}\)"):
         summarize([make_record("raw"), old])
+
+
+def test_records_from_two_benchmark_versions_are_refused_with_how_to_fix_it(make_record):
+    import medsafetyworld
+
+    assert medsafetyworld.BENCHMARK_VERSION == "2.0"
+    old, new = make_record("filter"), make_record("raw")
+    old["benchmark_version"] = "1.0"
+    assert new["benchmark_version"] == "2.0"
+    with pytest.raises(DataError, match=r"several benchmark versions \(1, 2\)") as err:
+        summarize([new, old])
+    message = str(err.value)
+    assert "cannot be ranked together" in message
+    assert "Re-run the older runs" in message and "`msw run`" in message and "summarize each version apart" in message
+    # a record from before the version was recorded counts as 1.0
+    del old["benchmark_version"]
+    with pytest.raises(DataError, match="several benchmark versions"):
+        summarize([new, old])
+    # minor versions of one major version are one benchmark
+    minor = make_record("reflect")
+    minor["benchmark_version"] = "2.1"
+    assert len(summarize([new, minor])) == 2
+
+
+def test_summary_md_lists_the_v2_metrics_in_reading_order(records, tmp_path):
+    md = write_summary(records, tmp_path)["md"].read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| strategy"))
+    for name in ("discrimination/held_out", "compose_acc/held_out", "verdict_acc/held_out",
+                 "act_after_unsafe_verdict/held_out"):
+        assert name in header, name
+    assert header.index("unsafe_action_rate/held_out") < header.index("discrimination/held_out")
+    assert header.index("discrimination/held_out") < header.index("compose_acc/held_out")
+    assert {f"{n}_lo" for n in METRIC_NAMES} <= set(pd.read_csv(tmp_path / "summary.csv").columns)
 
 
 def test_two_records_for_the_same_seed_are_refused(make_record):

@@ -24,7 +24,7 @@ from medsafetyworld.training import (
     pretrain,
 )
 from medsafetyworld.training import data as data_module
-from medsafetyworld.training.data import CACHE_PREFIX, cached_token_stream, sft_example
+from medsafetyworld.training.data import cached_token_stream, sft_example
 
 MICRO = PRESETS["micro"]
 SMALL = ModelConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, d_mlp=64, context=64)
@@ -173,7 +173,8 @@ def test_an_interrupted_cache_write_leaves_nothing_behind(corpus, tmp_path, monk
 
 def test_ids_beyond_uint16_widen_the_whole_stream(tmp_path):
     for i, docs in enumerate([[[1, 2], [3]], [[70_000, 4]]]):
-        pq.write_table(pa.table({"input_ids": pa.array(docs, pa.list_(pa.int32()))}), tmp_path / f"shard-{i:05d}.parquet")
+        table = pa.table({"input_ids": pa.array(docs, pa.list_(pa.int32()))})
+        pq.write_table(table, tmp_path / f"shard-{i:05d}.parquet")
     stream = load_token_stream(tmp_path, eos_id=0)
     assert stream.dtype == np.int32 and stream.tolist() == [1, 2, 0, 3, 0, 70_000, 4, 0]
     pq.write_table(pa.table({"input_ids": pa.array([[5, -1]], pa.list_(pa.int32()))}), tmp_path / "shard-00002.parquet")
