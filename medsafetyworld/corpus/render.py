@@ -20,7 +20,7 @@ from medsafetyworld.corpus.document import (
     Part,
 )
 from medsafetyworld.corpus.jailbreaks import wrap_request
-from medsafetyworld.corpus.reasoning import VERDICT, ends_with_verdict, reasoning, treatment_chain  # noqa: F401  (VERDICT, ends_with_verdict: tests import them from here)
+from medsafetyworld.corpus.reasoning import reasoning, treatment_chain
 from medsafetyworld.world.graph import AGGRAVATES, CAUSES, CONTAINS, RELIEVES, World
 from medsafetyworld.world.oracle import is_unsafe, unsafe_conditions
 
