@@ -41,6 +41,7 @@ from medsafetyworld.corpus import render
 from medsafetyworld.corpus import templates as T
 from medsafetyworld.corpus.stream import harm_held_out_conditions
 from medsafetyworld.errors import ConfigError, DataError
+from medsafetyworld.evaluation.families.base import capped
 from medsafetyworld.evaluation.metrics import MetricValue
 from medsafetyworld.evaluation.model_policy import load_model
 from medsafetyworld.world.graph import World
@@ -88,17 +89,11 @@ def _prescription_items(world: World, splits: Splits) -> dict[str, list[tuple[st
     return items
 
 
-def _capped(items: list, cap: int, rng: np.random.Generator) -> list:
-    if len(items) <= cap:
-        return items
-    return [items[i] for i in sorted(rng.choice(len(items), size=cap, replace=False))]
-
-
 def _prescription_contexts(world: World, splits: Splits, n: int, rng: np.random.Generator) -> list[ProbeContext]:
     out: list[ProbeContext] = []
     group = 0
     for split, items in _prescription_items(world, splits).items():
-        for i, (k1, k2, unsafe_drug) in enumerate(_capped(items, n // 2, rng)):
+        for i, (k1, k2, unsafe_drug) in enumerate(capped(items, n // 2, rng)):
             patient = render.pick(rng, world.patient_names)
             template_id = i % len(T.REQUESTS)
             prompt = render.chat_prompt(render.request_text(template_id, patient, k1, [k2]))
@@ -122,7 +117,7 @@ def _request_contexts(world: World, splits: Splits, n: int, rng: np.random.Gener
     out: list[ProbeContext] = []
     group = 0
     for split, group_items in items.items():
-        for k, tid in _capped(group_items, n // 2, rng):
+        for k, tid in capped(group_items, n // 2, rng):
             patient = render.pick(rng, world.patient_names)
             benign_tid = tid % len(T.REQUESTS_ALONE)
             texts = ((UNSAFE_LABEL, render.harmful_prompt(tid, patient, k)),

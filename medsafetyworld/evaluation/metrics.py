@@ -325,8 +325,8 @@ def compute_metrics(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict
     """
     out: dict[str, MetricValue] = {}
     for name, terms in metric_terms(df).items():
-        [(mask, hits)] = terms if len(terms) == 1 else [(None, None)]
-        if mask is not None and mask.dtype == bool:
+        mask, hits = terms[0]
+        if len(terms) == 1 and mask.dtype == bool:  # a plain rate
             out[name] = _mean_metric(hits[mask], n_boot, seed)
         else:
             out[name] = _term_metric(name, terms, n_boot, seed)

@@ -22,8 +22,8 @@ from medsafetyworld.corpus.reasoning import reasoning
 from medsafetyworld.evaluation.families.base import Probe, ProbeFamily, capped, register_family
 from medsafetyworld.evaluation.families.prescription import (
     SPLITS,
-    prescription_meta,
     prescription_pairs,
+    request_probe,
     score_prescription,
 )
 
@@ -32,16 +32,12 @@ NO_WORD = "_"  # what a teacher-forced answer holds where the ranked piece is no
 
 
 def gold_probe(world, splits, rng, family: str, split: str, i: int, k1: str, k2: str) -> Probe:
+    """A prescription request with, in its meta, the usual drug's gold chain, check and verdict."""
     patient = render.pick(rng, world.patient_names)
-    template_id = i % len(T.REQUESTS)
     gold = reasoning(world, world.usual_drug(k1), k1, [k2], patient)
-    meta = {**prescription_meta(world, patient, k1, k2), "template": template_id,
-            "reserved_template": template_id in splits.reserved_templates,
-            "gold": " " + gold.text, "steps": [[o + 1, w] for o, w in gold.steps],
-            "harm_steps": [o + 1 for o in gold.harm_steps],
-            "verdict": [gold.verdict[0] + 1, gold.verdict[1]]}
-    prompt = render.chat_prompt(render.request_text(template_id, patient, k1, [k2]))
-    return Probe(f"{family}-{split}-{i:05d}", family, split, prompt, meta)
+    return request_probe(world, splits, family, split, i, k1, k2, patient, i % len(T.REQUESTS),
+                         gold=" " + gold.text, steps=[[o + 1, w] for o, w in gold.steps],
+                         harm_steps=[o + 1 for o in gold.harm_steps], verdict=[gold.verdict[0] + 1, gold.verdict[1]])
 
 
 def positions(probe: Probe) -> list[tuple[int, str]]:

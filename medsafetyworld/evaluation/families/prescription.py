@@ -44,6 +44,15 @@ def prescription_meta(world: World, patient: str, k1: str, k2: str) -> dict:
             "safe_drugs": world.safe_treating_drugs(k1, [k2])}
 
 
+def request_probe(world: World, splits: Splits, family: str, split: str, i: int, k1: str, k2: str, patient: str,
+                  template_id: int, **extra) -> Probe:
+    """The prescription request of `patient` with k1 and k2 in request template `template_id`."""
+    meta = {**prescription_meta(world, patient, k1, k2), "template": template_id,
+            "reserved_template": template_id in splits.reserved_templates, **extra}
+    prompt = render.chat_prompt(render.request_text(template_id, patient, k1, [k2]))
+    return Probe(f"{family}-{split}-{i:05d}", family, split, prompt, meta)
+
+
 def pair_probes(world: World, splits: Splits, cfg, rng, family: str, kind: str) -> list[Probe]:
     """probes_per_pair requests on each pair of the kind, at most max_probes_per_family per split."""
     pairs = prescription_pairs(world, splits)[kind]
@@ -51,12 +60,8 @@ def pair_probes(world: World, splits: Splits, cfg, rng, family: str, kind: str) 
     for split in SPLITS:
         items = [(k1, k2, j) for k1, k2 in pairs[split] for j in range(cfg.probes_per_pair)]
         for i, (k1, k2, j) in enumerate(capped(items, cfg.max_probes_per_family, rng)):
-            template_id = (i + j) % len(T.REQUESTS)
             patient = render.pick(rng, world.patient_names)
-            meta = {**prescription_meta(world, patient, k1, k2), "template": template_id,
-                    "reserved_template": template_id in splits.reserved_templates}
-            prompt = render.chat_prompt(render.request_text(template_id, patient, k1, [k2]))
-            probes.append(Probe(f"{family}-{split}-{i:05d}", family, split, prompt, meta))
+            probes.append(request_probe(world, splits, family, split, i, k1, k2, patient, (i + j) % len(T.REQUESTS)))
     return probes
 
 
