@@ -3,7 +3,9 @@
 One file, nanoGPT-style. Both produce a Hugging Face LlamaForCausalLM folder with its tokenizer and
 a `train_log.json`; that log is written last, so its presence means the folder is complete.
 
-Pretraining checkpoints into `out_dir/checkpoint/` (HF weights + optimizer + step). Batches are a
+Pretraining checkpoints into `out_dir/checkpoint/` (HF weights + optimizer + step). Nothing in a
+checkpoint is a pickle: weights and optimizer tensors are safetensors, everything else JSON (a
+checkpoint may come from another person or machine, and unpickling runs code). Batches are a
 function of (seed, step), so a resumed run continues exactly where the checkpoint left off; on CPU
 it ends with the same weights, bit for bit, as a run that was never interrupted.
 
@@ -28,13 +30,15 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import save_file as save_safetensors
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
@@ -42,7 +46,7 @@ from transformers.utils import logging as hf_logging
 from medsafetyworld.config import ModelConfig, TrainConfig, config_hash, to_dict
 from medsafetyworld.corpus.tokenizer import load_tokenizer
 from medsafetyworld.errors import DataError
-from medsafetyworld.storage import write_json_atomic
+from medsafetyworld.storage import remove_stale_temps, temp_dir, write_json_atomic
 from medsafetyworld.training.data import (
     PackedBatches,
     collate_sft,
@@ -67,6 +71,9 @@ from medsafetyworld.training.perf import device_name, mfu, peak_memory_bytes, re
 
 logger = logging.getLogger("medsafetyworld")
 LOG_FILE, CHECKPOINT = "train_log.json", "checkpoint"
+# a checkpoint's optimizer state: its tensors, and the rest of it as JSON (see _save_optimizer_state)
+OPTIMIZER_TENSORS, OPTIMIZER_JSON = "optimizer.safetensors", "optimizer.json"
+LEGACY_OPTIMIZER = "optimizer.pt"  # checkpoints written before: read only as plain tensors
 LOSS_POINTS = 100  # about this many points in the logged loss curve
 
 
@@ -156,7 +163,8 @@ def _save_model_folder(model, tok, out: Path, log: dict, state_dict: dict | None
     """Move model + tokenizer files into `out`, then write the log: a folder with a log is whole.
     `state_dict`: the weights to save when the model's own are sharded."""
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
+    remove_stale_temps(out, "final")
+    tmp = temp_dir(out, "final")
     try:
         model.save_pretrained(tmp, state_dict=state_dict)
         tok.save_pretrained(tmp)
@@ -189,9 +197,9 @@ def _save_checkpoint(out: Path, model, optimizer, state: dict, ranks: Ranks) -> 
     model_state, optim_state = full_state(model, optimizer)
     if ranks.main:
         ckpt, old = out / CHECKPOINT, out / f"{CHECKPOINT}.old"
-        tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT}-", dir=out))
+        tmp = temp_dir(out, CHECKPOINT)
         unwrap(model).save_pretrained(tmp, state_dict=model_state)
-        torch.save(optim_state, tmp / "optimizer.pt")
+        _save_optimizer_state(optim_state, tmp)
         write_json_atomic(tmp / "trainer_state.json", state)
         if ckpt.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -201,7 +209,98 @@ def _save_checkpoint(out: Path, model, optimizer, state: dict, ranks: Ranks) -> 
     barrier(ranks)
 
 
+# The optimizer state (`full_state`'s, or a single process's `optimizer.state_dict()`) is nested
+# dicts, lists and tuples of tensors and plain values. Its tensors go to OPTIMIZER_TENSORS, each
+# under its path in the state ("state/<param>/exp_avg"); the structure, with {"__tensor__": key} in
+# their place, goes to OPTIMIZER_JSON. Tuples ({"__tuple__": [...]}) and dicts whose keys are not
+# all plain strings ({"__items__": [[key, value], ...]}) keep their type, so that the state reads
+# back exactly as it was written, and resuming stays bit for bit the uninterrupted run.
+
+
+def _encode_state(obj, path: str, tensors: dict[str, torch.Tensor]):
+    if isinstance(obj, torch.Tensor):
+        if path in tensors:
+            raise ValueError(f"two tensors at {path!r} of the optimizer state")
+        tensors[path] = obj.detach().cpu().contiguous()
+        return {"__tensor__": path}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        items = [_encode_state(v, f"{path}/{i}", tensors) for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: _encode_state(v, f"{path}/{k}", tensors) for k, v in obj.items()}
+        if not all(isinstance(k, (str, int)) for k in obj):
+            raise TypeError(f"optimizer state keys at {path!r} are not strings or integers")
+        return {"__items__": [[k, _encode_state(v, f"{path}/{k}", tensors)] for k, v in obj.items()]}
+    raise TypeError(f"{type(obj).__name__} at {path!r} of the optimizer state is not a tensor or plain value")
+
+
+def _decode_state(obj, tensors: dict[str, torch.Tensor]):
+    if isinstance(obj, list):
+        return [_decode_state(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if set(obj) == {"__tensor__"}:
+        if not isinstance(obj["__tensor__"], str) or obj["__tensor__"] not in tensors:
+            raise ValueError(f"tensor {obj['__tensor__']!r} is missing from {OPTIMIZER_TENSORS}")
+        return tensors[obj["__tensor__"]]
+    if set(obj) == {"__tuple__"} and isinstance(obj["__tuple__"], list):
+        return tuple(_decode_state(v, tensors) for v in obj["__tuple__"])
+    if set(obj) == {"__items__"} and isinstance(obj["__items__"], list):
+        if not all(isinstance(kv, list) and len(kv) == 2 and isinstance(kv[0], (str, int)) for kv in obj["__items__"]):
+            raise ValueError("malformed __items__")
+        return {k: _decode_state(v, tensors) for k, v in obj["__items__"]}
+    if any(k.startswith("__") for k in obj):
+        raise ValueError(f"unknown marker in {sorted(obj)}")
+    return {k: _decode_state(v, tensors) for k, v in obj.items()}
+
+
+def _save_optimizer_state(state: dict, folder: Path) -> None:
+    """The optimizer state as OPTIMIZER_TENSORS (safetensors) + OPTIMIZER_JSON: no pickle."""
+    tensors: dict[str, torch.Tensor] = {}
+    structure = _encode_state(state, "", tensors)
+    save_safetensors(tensors, folder / OPTIMIZER_TENSORS)
+    write_json_atomic(folder / OPTIMIZER_JSON, structure)
+
+
+def _read_optimizer_state(ckpt: Path, device: torch.device) -> dict:
+    """The optimizer state of checkpoint `ckpt`, its tensors on `device`. A checkpoint of the older
+    format (LEGACY_OPTIMIZER, a torch.save pickle) is read with `weights_only=True`, which builds
+    tensors and plain values only and runs nothing; anything else in it is refused (DataError)."""
+    remedy = f"delete {ckpt} to start this training over"
+    if (ckpt / OPTIMIZER_TENSORS).is_file() or (ckpt / OPTIMIZER_JSON).is_file():
+        try:
+            tensors = load_safetensors(ckpt / OPTIMIZER_TENSORS, device=str(device))
+            state = _decode_state(json.loads((ckpt / OPTIMIZER_JSON).read_text()), tensors)
+        except (OSError, ValueError, TypeError, RecursionError, SafetensorError) as exc:
+            raise DataError(f"the optimizer state in {ckpt} is unreadable ({exc}); {remedy}") from None
+    elif (ckpt / LEGACY_OPTIMIZER).is_file():
+        try:
+            state = torch.load(ckpt / LEGACY_OPTIMIZER, map_location=device, weights_only=True)
+        except Exception as exc:  # UnpicklingError for a forbidden global, anything for a broken file
+            raise DataError(f"the optimizer state in {ckpt / LEGACY_OPTIMIZER} is not plain tensors and was "
+                            f"refused (nothing in it was run: {type(exc).__name__}); {remedy}") from None
+    else:
+        raise DataError(f"{ckpt} holds no optimizer state ({OPTIMIZER_TENSORS}); {remedy}")
+    if not (isinstance(state, dict) and isinstance(state.get("state"), dict)
+            and isinstance(state.get("param_groups"), list)):
+        raise DataError(f"the optimizer state in {ckpt} is not an optimizer's state dict; {remedy}")
+    return state
+
+
+def _load_model(folder: Path, what: str, remedy: str):
+    """The HF model in `folder`, from safetensors only (never a pickled pytorch_model.bin)."""
+    try:
+        return AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa", use_safetensors=True)
+    except (OSError, ValueError, SafetensorError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"the {what} in {folder} cannot be loaded ({reason}); {remedy}") from None
+
+
 def _find_checkpoint(out: Path, run_hash: str) -> Path | None:
+    remove_stale_temps(out, CHECKPOINT)  # a save killed mid-write
     ckpt, old = out / CHECKPOINT, out / f"{CHECKPOINT}.old"
     if not ckpt.exists() and old.exists():
         os.replace(old, ckpt)  # we crashed between the two renames of _save_checkpoint
@@ -266,7 +365,7 @@ def _pretrain(corpus_dir, tokenizer_dir, out, model_cfg, train_cfg, seed, progre
     state = {"config_hash": run_hash, "step": 0, "loss_curve": [], "wall_time_s": 0.0}
     if ckpt is not None:
         state = json.loads((ckpt / "trainer_state.json").read_text())
-        model = AutoModelForCausalLM.from_pretrained(ckpt, attn_implementation="sdpa")
+        model = _load_model(ckpt, "checkpoint", f"delete {ckpt} to start this training over")
     else:
         model = build_model(model_cfg, len(tok), seed, eos_id=tok.eos_token_id,
                             pad_id=tok.pad_token_id, bos_id=tok.bos_token_id)
@@ -274,8 +373,12 @@ def _pretrain(corpus_dir, tokenizer_dir, out, model_cfg, train_cfg, seed, progre
     model = wrap(model.to(device).train(), ranks, parallel)
     optimizer = _optimizer(unwrap(model), train_cfg, train_cfg.lr)
     if ckpt is not None:
-        load_optimizer_state(model, optimizer, torch.load(ckpt / "optimizer.pt", map_location=device,
-                                                          weights_only=False))
+        optim_state = _read_optimizer_state(ckpt, device)
+        try:
+            load_optimizer_state(model, optimizer, optim_state)
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise DataError(f"the optimizer state in {ckpt} does not fit this model ({exc}); "
+                            f"delete {ckpt} to start this training over") from None
     if compile:
         model = torch.compile(model)
     log_every = max(1, steps // LOSS_POINTS)
@@ -394,7 +497,7 @@ def _finetune(init, texts, out, train_cfg, seed, progress, epochs, lr, batch_siz
         torch.set_num_threads(train_cfg.threads)
     device = _device()
     tok = load_tokenizer(init)
-    model = AutoModelForCausalLM.from_pretrained(init, attn_implementation="sdpa").to(device)
+    model = _load_model(init, "model", "pretrain it again, or point at a complete model folder").to(device)
     model.train()
     context = model.config.max_position_embeddings
     examples = [sft_example(tok, t, context) for t in texts]
