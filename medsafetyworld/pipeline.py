@@ -31,14 +31,14 @@ from medsafetyworld.corpus.shards import load_manifest
 from medsafetyworld.corpus.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
 from medsafetyworld.corpus.vocabulary import template_strings as vocabulary_texts_of_templates
 from medsafetyworld.corpus.vocabulary import vocabulary_texts
-from medsafetyworld.errors import ConfigError
+from medsafetyworld.errors import ConfigError, DataError
 from medsafetyworld.evaluation.evaluate import evaluate
 from medsafetyworld.evaluation.model_policy import ModelPolicy
 from medsafetyworld.evaluation.policies import REFERENCE_POLICIES, Policy, reference_policy
 from medsafetyworld.evaluation.scoring import SCORING_VERSION
 from medsafetyworld.leaderboard.record import build_record, load_record, save_record
 from medsafetyworld.leaderboard.summary import write_summary
-from medsafetyworld.storage import path_safe, write_json_atomic
+from medsafetyworld.storage import STAGE_FILE, path_safe, write_json_atomic
 from medsafetyworld.strategies import Strategy, get_strategy
 from medsafetyworld.training.distributed import launched_by_torchrun
 from medsafetyworld.training.sft_data import SFT_VERSION, sft_texts
@@ -48,7 +48,6 @@ from medsafetyworld.world.io import load_world, save_world, world_hash
 from medsafetyworld.world.splits import make_splits
 
 log = logging.getLogger("medsafetyworld")
-STAGE_FILE = ".stage.json"
 
 
 def folder_name(strategy: Strategy, seed: int) -> str:
@@ -113,6 +112,36 @@ def make_corpus(
     return load_manifest(out)["corpus_hash"]
 
 
+def check_corpus(corpus_dir: Path, world_dir: Path, strategy: Strategy) -> dict[str, Any]:
+    """The corpus's manifest, checked to have been rendered from the world in `world_dir` and for
+    `strategy` (its label, or its name and parameters); DataError saying which differs and what to
+    pass otherwise. Post-training follows the strategy given, so a corpus of another strategy would
+    train a model of neither. The shards themselves are checked against the manifest when training
+    reads them (training.data.shard_paths)."""
+    manifest = load_manifest(corpus_dir)
+    whash = world_hash(world_dir)
+    recorded = manifest.get("world_hash")
+    if recorded != whash:
+        was = f"world hash {recorded[:16]}" if isinstance(recorded, str) else "no world hash in its manifest"
+        raise DataError(
+            f"the corpus {corpus_dir} was not rendered from the world in {world_dir} ({was}; that world's is "
+            f"{whash[:16]}); pass the --world it was rendered from, or render a corpus from this world "
+            f"(`msw corpus --world {world_dir} --out NEW_FOLDER`)")
+    label, name, params = manifest.get("strategy_label"), manifest.get("strategy"), manifest.get("strategy_params")
+    same = label == strategy.label or (
+        name == strategy.name and params == json.loads(json.dumps(strategy.params())))
+    if not same:
+        was = label or name
+        if not isinstance(was, str):
+            raise DataError(f"the manifest of {corpus_dir} records no strategy; render the corpus again "
+                            f"(`msw corpus --world {world_dir} --strategy '{strategy.label}' --out NEW_FOLDER`)")
+        raise DataError(
+            f"the corpus {corpus_dir} was rendered for strategy '{was}', not '{strategy.label}' (post-training "
+            f"follows the strategy); pass --strategy '{was}', or render a '{strategy.label}' corpus "
+            f"(`msw corpus --world {world_dir} --strategy '{strategy.label}' --out NEW_FOLDER`)")
+    return manifest
+
+
 BACKENDS = ("builtin", "nanotron")
 
 
@@ -121,11 +150,11 @@ def make_pretrained(
     *, backend: str = "builtin", parallel: str = "ddp", compile: bool = False,
 ) -> str | None:
     """Pretraining alone, into `out/pretrain`; returns its stage key (None on a torchrun rank other
-    than 0, whose share is done). `backend`: the built-in trainer or nanotron (a separate stage key:
-    it trains other weights)."""
+    than 0, whose share is done). The corpus must be of this world and strategy (check_corpus).
+    `backend`: the built-in trainer or nanotron (a separate stage key: it trains other weights)."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    corpus_hash = load_manifest(corpus_dir)["corpus_hash"]
+    corpus_hash = check_corpus(corpus_dir, world_dir, strategy)["corpus_hash"]
     pre_key = config_hash(preset.model, preset.train, corpus_hash, seed, "pretrain",
                           *([backend] if backend != "builtin" else []))
     tokenizer_dir = Path(world_dir) / "tokenizer"

@@ -26,6 +26,14 @@ ASSISTANT = "\nAssistant:"
 
 
 def shard_paths(corpus_dir: str | os.PathLike) -> list[Path]:
+    """The corpus's shards in stream order, each checked against the sha256 its manifest records
+    before anything reads it (corpus.shards.verify_corpus: a changed shard, one swapped for another
+    corpus's, or a stray shard in the folder is a DataError naming it and the fix).
+
+    A folder of bare shards with no manifest.json (tests, `msw bench-train`, tools) has no hashes to
+    check and is read as it is; `msw train` and `msw run` never get there, since make_pretrained
+    reads the manifest first. The check costs one sha256 pass over the shards per call: about
+    0.01-0.02 s on `tiny` (2 shards, 7 MB)."""
     folder = Path(corpus_dir)
     shards = sorted(folder.glob("shard-*.parquet"))
     if not shards:
@@ -33,18 +41,27 @@ def shard_paths(corpus_dir: str | os.PathLike) -> list[Path]:
             f"no corpus shards (shard-*.parquet) in {folder}; render the corpus first "
             "or point at the folder that holds its shards"
         )
+    if (folder / "manifest.json").is_file():
+        from medsafetyworld.corpus.shards import verify_corpus
+
+        verify_corpus(folder)  # also refuses shards the manifest does not name, so `shards` is its list
     return shards
 
 
 def load_token_stream(corpus_dir: str | os.PathLike, eos_id: int) -> np.ndarray:
-    """All documents' `input_ids` in shard order, `eos_id` after each document.
+    """All documents' `input_ids` in shard order, `eos_id` after each document; the shards are
+    checked against their manifest first (shard_paths).
 
     uint16 when every id fits (vocabularies under 65536), else int32. Each chunk is narrowed as it
     is read, so building the stream holds it about once in the narrow type, not in int64.
     """
+    return _read_stream(shard_paths(corpus_dir), eos_id, corpus_dir)
+
+
+def _read_stream(shards: list[Path], eos_id: int, corpus_dir: str | os.PathLike) -> np.ndarray:
     parts: list[np.ndarray] = []
     dtype = np.dtype(np.uint16 if eos_id < 65536 else np.int32)
-    for shard in shard_paths(corpus_dir):
+    for shard in shards:
         try:
             column = pq.read_table(shard, columns=["input_ids"]).column("input_ids")
         except (KeyError, ValueError, OSError) as e:
@@ -79,7 +96,8 @@ CACHE_PREFIX = ".token-stream-"
 def cached_token_stream(corpus_dir: str | os.PathLike, eos_id: int) -> np.ndarray:
     """`load_token_stream`, kept beside the shards as `.token-stream-<key>.npy` and memory-mapped.
 
-    The first call writes the file (atomically; the key hashes eos_id and each shard's name, size
+    The shards are checked against their manifest on every call, cached or not (shard_paths). The
+    first call writes the file (atomically; the key hashes eos_id and each shard's name, size
     and mtime, so re-rendered shards get a new file and the stale one is removed); later calls, and
     every data-parallel rank on the machine, map the same file, so the stream sits in memory once,
     in the page cache, however many processes train on it. A folder that cannot be written to
@@ -91,7 +109,7 @@ def cached_token_stream(corpus_dir: str | os.PathLike, eos_id: int) -> np.ndarra
         [eos_id, [(p.name, (st := p.stat()).st_size, st.st_mtime_ns) for p in shards]]).encode()).hexdigest()[:16]
     path = folder / f"{CACHE_PREFIX}{key}.npy"
     if not path.is_file():
-        stream = load_token_stream(folder, eos_id)
+        stream = _read_stream(shards, eos_id, folder)
         try:
             with atomic_file(path) as f:
                 np.save(f, stream, allow_pickle=False)
