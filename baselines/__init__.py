@@ -1,6 +1,6 @@
 """Built-in intervention strategies (SPEC 4). Each file registers one; adding a strategy is one file
 plus one import line here (or a plugin entry point, with no edit at all)."""
 
-from baselines import (  # noqa: F401,A004
+from . import (  # noqa: F401,A004
     curriculum, filter, moral, noisy, raw, redflag, reflect, refusal, rewrite, safety_pretraining, tag,
 )

@@ -23,6 +23,8 @@ def in_phase(doc: Document, phase: str) -> Document:
 
 @register_strategy("curriculum")
 class Curriculum(Strategy):
+    required_params = ("inner",)  # a spec names the strategy after the safe phase; raw is not assumed
+
     def __init__(self, start: float = 0.0, inner: str | Strategy = "raw"):
         if not isinstance(start, (int, float)) or not 0.0 <= start <= 1.0:
             raise ConfigError(f"curriculum: start={start!r} is not a fraction of the budget; use a value in [0, 1]")

@@ -5,7 +5,7 @@ worse harms the patient."""
 
 from __future__ import annotations
 
-from baselines.rewrite import SafeRewrite, answered_with, contraindications, leading_space
+from .rewrite import SafeRewrite, answered_with, contraindications, leading_space
 from medsafetyworld.corpus import templates as T
 from medsafetyworld.corpus.document import Part
 from medsafetyworld.corpus.render import pick

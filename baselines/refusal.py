@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from baselines.rewrite import SafeRewrite, contraindications
+from .rewrite import SafeRewrite, contraindications
 from medsafetyworld.corpus import templates as T
 from medsafetyworld.corpus.document import Document, Part
 from medsafetyworld.corpus.render import pick

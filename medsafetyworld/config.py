@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from medsafetyworld.errors import ConfigError
+from medsafetyworld.errors import ConfigError, shown
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,23 @@ PRESETS: dict[str, Preset] = {
         eval=EvalConfig(max_probes_per_family=2000, knowledge_facts=2000),
     ),
 }
+
+
+# Seeds are drawn into numpy generators (which take any non-negative integer) and torch's (which
+# take fewer than 2**64, and offsets are added to some); 32 bits is plenty and holds everywhere.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(value: object, what: str = "seed") -> int:
+    """`value` as a seed: an integer from 0 to MAX_SEED, else ConfigError saying so."""
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ConfigError(f"{what} must be an integer from 0 to {MAX_SEED}, got {shown(value)}") from None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{what} must be an integer from 0 to {MAX_SEED}, got {shown(value)}")
+    return value
 
 
 def get_preset(name: str) -> Preset:

@@ -48,7 +48,7 @@ def test_default_parameters_keep_the_plain_name_and_hash():
 @pytest.mark.parametrize("spec,message", [
     ("tag(p=2)", "probability"), ("nope", "unknown strategy"), ("tag(q=1)", "does not take"),
     ("tag(p=0.1", "unbalanced"), ("tag(p)", "key=value"), ("", "empty"), ("rewrite(share=-1)", "fraction"),
-    ("curriculum(start=1.5)", "fraction"), ("curriculum(inner=curriculum(start=0.1))", "do not nest"),
+    ("curriculum(start=1.5)", "fraction"), ("curriculum(inner=curriculum(start=0.1,inner=raw))", "do not nest"),
     ("safety_pretraining(p=1)", "takes no parameters"), ("noisy(recall=0)", "recall"),
 ])
 def test_bad_specs_are_config_errors_that_say_why(spec, message):

@@ -103,7 +103,12 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
             f"no tokenizer at {folder} (expected {folder / 'tokenizer.json'}); "
             "build the corpus first, or point at a model or corpus folder that has one"
         )
-    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RuntimeError) as exc:  # a damaged file
+        text = " ".join(str(exc).split())[:300]
+        raise DataError(f"cannot load the tokenizer in {folder} ({type(exc).__name__}: {text}); it is damaged, "
+                        "write it again (`msw world` writes the world's)") from exc
 
 
 def count_unknown(tok: PreTrainedTokenizerFast, text: str) -> int:

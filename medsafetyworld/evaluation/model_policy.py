@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from medsafetyworld.errors import ConfigError, DataError
+from medsafetyworld.errors import ConfigError, DataError, one_line
 from medsafetyworld.evaluation.families.composition import NO_WORD, positions
 from medsafetyworld.evaluation.policies import Policy
 
@@ -133,17 +135,89 @@ def safebeam_generate(
     return live[0][0] if live else []
 
 
-def load_model(model_dir: str | Path, device: str | None = None):
+WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
+@contextlib.contextmanager
+def hf_loading(progress: bool):
+    """While loading: Hugging Face's own bars (`Loading weights`) shown only with `progress`, and its
+    load report (missing or mismatched weights) silenced, since load_model turns what it says into
+    one DataError; both restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    (hf_logging.enable_progress_bar if progress else hf_logging.disable_progress_bar)()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
+        hf_logging.set_verbosity(verbosity)
+
+
+def check_model_folder(model_dir: str | Path) -> Path:
+    """`model_dir` if it looks like a Hugging Face causal LM folder with its tokenizer (a folder,
+    a config.json holding a JSON object with a model_type, weights, a tokenizer), else DataError
+    naming what is missing."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise DataError(f"{d} is not a model folder; pass a folder written by `msw train` "
+                        "(its sft/ or pretrain/) or any Hugging Face causal LM folder")
+    config = d / "config.json"
+    if not config.is_file():
+        raise DataError(f"{d} is not a Hugging Face model folder (no config.json)")
+    try:
+        data = json.loads(config.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{config} is not valid JSON ({exc}); the model folder is damaged, copy or train it again")
+    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+        raise DataError(f"{config} is not a model config (no model_type); the model folder is damaged, "
+                        "copy or train it again")
+    if not any((d / name).is_file() for name in WEIGHT_FILES):
+        raise DataError(f"no weights in {d} (model.safetensors); the model folder is incomplete, "
+                        "copy or train it again")
+    if not any((d / name).is_file() for name in TOKENIZER_FILES):
+        raise DataError(f"no tokenizer in {d} (tokenizer.json); save the world's tokenizer into it "
+                        "(`msw train` does) or copy the folder again")
+    return d
+
+
+def load_model(model_dir: str | Path, device: str | None = None, progress: bool = True):
     """A Hugging Face causal LM folder with its tokenizer: (model in eval mode on `device`, cuda if
-    any, tokenizer); DataError when the folder holds no model."""
+    any, tokenizer); DataError when the folder holds no model, a damaged one, or a tokenizer the
+    model cannot read. `progress`: Hugging Face's loading bar."""
     import torch
+    from huggingface_hub.errors import StrictDataclassError
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not (Path(model_dir) / "config.json").is_file():
-        raise DataError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
+    d = check_model_folder(model_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval(), tokenizer
+    # a damaged file of the folder fails inside transformers with any of these: the folder is the input
+    damaged = (OSError, ValueError, TypeError, KeyError, AttributeError, RuntimeError, SafetensorError,
+               StrictDataclassError)
+    try:
+        with hf_loading(progress):
+            tokenizer = AutoTokenizer.from_pretrained(d)
+            model, info = AutoModelForCausalLM.from_pretrained(d, output_loading_info=True)
+    except torch.cuda.OutOfMemoryError:  # not the folder's fault
+        raise
+    except damaged as exc:
+        why = f"{type(exc).__name__}: {one_line(exc)[:300]}"
+        if "mismatched_sizes" in str(exc):
+            why = "the shapes of its weights do not match its config.json"
+        raise DataError(f"cannot load the model in {d}: {why}; the folder is damaged or not a causal LM, "
+                        "copy or train it again") from exc
+    if missing := sorted((info or {}).get("missing_keys") or ()):
+        raise DataError(f"the weights in {d} lack {len(missing)} of the model's tensors ({', '.join(missing[:3])}"
+                        f"{', ...' if len(missing) > 3 else ''}); the folder is damaged, copy or train it again")
+    vocab = getattr(model.config, "vocab_size", None)
+    if isinstance(vocab, int) and len(tokenizer) > vocab:
+        raise DataError(f"the tokenizer in {d} has {len(tokenizer)} tokens but the model only {vocab}; "
+                        "they do not belong together")
+    return model.to(device).eval(), tokenizer
 
 
 class ModelPolicy(Policy):
@@ -159,7 +233,7 @@ class ModelPolicy(Policy):
         if decoding == "safebeam" and num_beams < 1:
             raise ConfigError(f"--num-beams must be at least 1, got {num_beams}")
         self.name = str(model_dir)
-        self.model, self.tokenizer = load_model(model_dir, device)
+        self.model, self.tokenizer = load_model(model_dir, device, progress=progress)
         self.device = self.model.device
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:

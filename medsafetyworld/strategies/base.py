@@ -23,6 +23,9 @@ class Strategy:
     """
 
     name: ClassVar[str] = ""
+    # Parameters a spec must give although the class has a default for them (the registry refuses
+    # `curriculum(start=0.5)`: no inner strategy given is a mistake, not a wish for `raw`).
+    required_params: ClassVar[tuple[str, ...]] = ()
     world: World | None = None
     splits: Splits | None = None
     budget: TokenBudget | None = None
@@ -57,10 +60,10 @@ class Strategy:
     def label(self) -> str:
         """The strategy as a spec string, `name` or `name(key=value,...)` with the parameters that
         differ from their defaults: what `get_strategy` parses back, and the name runs, records
-        and summaries use."""
+        and summaries use (parameters in `required_params` are always shown, so that it does)."""
         text = lambda v: v.label if isinstance(v, Strategy) else repr(v) if isinstance(v, str) else str(v)  # noqa: E731
         try:
-            defaults = {k: text(v) for k, v in type(self)().spec_params().items()}
+            defaults = {k: text(v) for k, v in type(self)().spec_params().items() if k not in self.required_params}
         except Exception:  # a strategy whose parameters have no defaults
             defaults = {}
         shown = [f"{k}={text(v)}" for k, v in self.spec_params().items() if defaults.get(k) != text(v)]
