@@ -192,7 +192,7 @@ def test_an_old_record_without_its_probes_file_is_a_clear_error(tmp_path):
 def test_an_old_record_whose_probes_file_changed_is_a_clear_error(tmp_path):
     old_record(tmp_path / "r")
     pd.DataFrame([probe("knowledge")]).to_parquet(tmp_path / "r" / "probes.parquet", index=False)
-    with pytest.raises(DataError, match=r"predates metrics .*changed since it was written"):
+    with pytest.raises(DataError, match=r"predates metrics .*does not have the sha256 the record holds"):
         load_record(tmp_path / "r" / "record.json")
 
 

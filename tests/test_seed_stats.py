@@ -16,7 +16,8 @@ from medsafetyworld.evaluation.metrics import (
 )
 from medsafetyworld.evaluation.scoring import COLUMN_DEFAULTS
 from medsafetyworld.leaderboard import build_record, load_records, save_record, summarize, write_summary
-from medsafetyworld.leaderboard.stats import aggregate_seeds, compare_to_baseline, holm, paired_bootstrap, seed_pairs
+from medsafetyworld.leaderboard.significance import compare_to_baseline
+from medsafetyworld.leaderboard.stats import aggregate_seeds, holm, paired_bootstrap, seed_pairs
 
 N_BOOT = 200
 
@@ -299,7 +300,7 @@ def test_compare_to_baseline_without_the_baseline_is_a_data_error(run_dir):
 
 def test_a_changed_probes_file_is_a_data_error(run_dir):
     safe_requests(200, range(3)).to_parquet(run_dir / "results" / "filter-s1" / "probes.parquet", index=False)
-    with pytest.raises(DataError, match="changed since record"):
+    with pytest.raises(DataError, match="does not have the sha256 the record holds"):
         compare_to_baseline(run_dir, n_boot=N_BOOT)
 
 

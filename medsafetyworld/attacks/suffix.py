@@ -298,6 +298,7 @@ def _round(x: float) -> float:
 @register_attack("suffix")
 class Suffix(Attack):
     needs_model = True  # the search needs gradients through the weights
+    searches_with_model = True  # which probes it asks, and their prompts, come from that search
 
     def __init__(self, mode: str = "multi", suffix_len: int = 8, steps: int = 50, topk: int = 32, batch: int = 64,
                  prompts: int = 8, target: str = "answer"):

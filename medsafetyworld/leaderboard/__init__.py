@@ -1,5 +1,6 @@
 """Results records and the leaderboard built from them (SPEC 7)."""
 
+from medsafetyworld.leaderboard.grouping import summarize
 from medsafetyworld.leaderboard.record import (
     build_record,
     load_record,
@@ -8,7 +9,7 @@ from medsafetyworld.leaderboard.record import (
     sha256_file,
     validate_record,
 )
-from medsafetyworld.leaderboard.summary import summarize, write_summary
+from medsafetyworld.leaderboard.summary import write_summary
 
 __all__ = [
     "build_record",

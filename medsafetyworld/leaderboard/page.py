@@ -23,8 +23,9 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-from medsafetyworld.evaluation.metrics import HIGHER_IS_BETTER, METRIC_NAMES
-from medsafetyworld.leaderboard.summary import PARETO_X, PARETO_Y, READING_ORDER, plot_pareto
+from medsafetyworld.evaluation.metrics import METRIC_NAMES
+from medsafetyworld.leaderboard.grouping import READING_ORDER
+from medsafetyworld.leaderboard.render import PARETO_X, PARETO_Y, better_direction, plot_pareto
 
 TRACKS = ("intervention", "model")
 REFERENCE = "reference"
@@ -162,14 +163,6 @@ def _text(value: Any) -> str:
     return "" if _is_missing(value) else str(value)
 
 
-def better_direction(metric: str) -> bool | None:
-    """True if higher is better, False if lower is, None if unknown (as summary.md's arrows)."""
-    base = metric.split("@")[0]
-    if base in HIGHER_IS_BETTER:
-        return HIGHER_IS_BETTER[base]
-    return False if base.startswith(("prefill_", "suffix_")) else None
-
-
 def metric_columns(board: pd.DataFrame) -> list[str]:
     """The board's metrics in reading order (then the record's order, then the board's), leaving out
     any metric no entry has a value for."""
@@ -275,7 +268,7 @@ def _plot_label(row: pd.Series) -> str:
 
 
 def pareto_png(board: pd.DataFrame) -> bytes | None:
-    """summary.plot_pareto of the board (None when no entry has both axes' values)."""
+    """render.plot_pareto of the board (None when no entry has both axes' values)."""
     needed = [PARETO_X, PARETO_Y, *(f"{m}_{s}" for m in (PARETO_X, PARETO_Y) for s in ("lo", "hi"))]
     if any(c not in board.columns for c in needed):
         return None

@@ -211,6 +211,65 @@ def save_record(record: Mapping[str, Any], path: Path | str) -> Path:
     return path
 
 
+def probes_file_path(record_path: Path | str, probes_file: Any, *, where: str = "probes_file") -> Path:
+    """The per-probe file that `probes_file` ({"path", "sha256"}, the record's or one of its
+    attacks') of the record at `record_path` names, confined to the record's folder: the path must
+    be relative, without `..`, and must not lead out of the folder through a symlink. DataError
+    naming the record and the field otherwise. Does not check that the file exists or its hash."""
+    record_path = Path(record_path)
+    folder = record_path.parent
+    name = probes_file.get("path") if isinstance(probes_file, Mapping) else None
+    if not isinstance(name, str) or not name:
+        raise DataError(f"results record {record_path} names no per-probe file at {where}.path; re-run the "
+                        "evaluation that wrote it")
+    parts = name.replace("\\", "/").split("/")
+    if "\0" in name:
+        why = "it holds a NUL character"
+    elif name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        why = "it is absolute"
+    elif ".." in parts:
+        why = "it climbs out with `..`"
+    else:
+        base = folder.resolve()
+        try:
+            inside = (folder / name).resolve().is_relative_to(base)
+        except (OSError, RuntimeError, ValueError):  # a symlink loop, an unreadable folder
+            inside = False
+        why = None if inside else "a symlink leads out of the record's folder"
+    if why is not None:
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        raise DataError(
+            f"results record {record_path}: {where}.path {shown!r} is not a file in the record's folder ({why}); "
+            "a record names its per-probe files relative to its own folder, so this one was edited or "
+            "copied from elsewhere: re-run the evaluation that wrote it, or remove it")
+    return folder / name
+
+
+def probes_file_problem(path: Path, sha256: Any) -> str | None:
+    """Why the per-probe file at `path` is not the one a record holding `sha256` was written with
+    (`is missing`, `does not have the sha256 ...`), or None when it is. Callers say whose file it is
+    and what to do."""
+    if not path.is_file():
+        return "is missing"
+    if sha256_file(path) != sha256:
+        return "does not have the sha256 the record holds (it changed after the record was written)"
+    return None
+
+
+def _check_probes_paths(record: Any, path: Path) -> None:
+    """probes_file_path on the record's per-probe file and each attack's, where the field has the
+    shape the schema wants (validate_record reports the rest)."""
+    if not isinstance(record, dict):
+        return
+    if isinstance(record.get("probes_file"), dict) and isinstance(record["probes_file"].get("path"), str):
+        probes_file_path(path, record["probes_file"])
+    attacks = record.get("attacks")
+    for label, entry in attacks.items() if isinstance(attacks, dict) else ():
+        if isinstance(entry, dict) and isinstance(entry.get("probes_file"), dict) \
+                and isinstance(entry["probes_file"].get("path"), str):
+            probes_file_path(path, entry["probes_file"], where=f"attacks.{label}.probes_file")
+
+
 def _add_missing_metrics(record: dict[str, Any], path: Path, missing: list[str]) -> None:
     """Fill metrics that joined METRICS after the record was written (e.g. flag_recall, flag_fpr)
     from its per-probe file, which sits next to it and whose sha256 it records.
@@ -228,11 +287,9 @@ def _add_missing_metrics(record: dict[str, Any], path: Path, missing: list[str])
     what = f"results record {path} predates metrics {', '.join(missing)}"
     if not (isinstance(probes_file, dict) and isinstance(probes_file.get("path"), str)):
         raise DataError(f"{what} and names no per-probe file to recompute them from; {rerun}")
-    probes = path.parent / probes_file["path"]
-    if not probes.is_file():
-        raise DataError(f"{what} and its per-probe file {probes} is missing, so they cannot be recomputed; {rerun}")
-    if sha256_file(probes) != probes_file.get("sha256"):
-        raise DataError(f"{what} and its per-probe file {probes} changed since it was written; {rerun}")
+    probes = probes_file_path(path, probes_file)
+    if (why := probes_file_problem(probes, probes_file.get("sha256"))) is not None:
+        raise DataError(f"{what} and its per-probe file {probes} {why}, so they cannot be recomputed; {rerun}")
     import pandas as pd
 
     eval_cfg = record.get("config", {}).get("eval", {}) if isinstance(record.get("config"), dict) else {}
@@ -256,7 +313,9 @@ def load_record(path: Path | str) -> dict[str, Any]:
     """Read and validate one record; DataError if missing, not JSON, or not a valid record.
 
     A record written before some metric joined the benchmark gets it recomputed from its per-probe
-    file (see _add_missing_metrics), or a DataError saying how to re-run it."""
+    file (see _add_missing_metrics), or a DataError saying how to re-run it. Every per-probe file
+    the record names (its own, its attacks') must lie in the record's folder (probes_file_path);
+    whether the files match the record is leaderboard/verify.py's check."""
     path = Path(path)
     try:
         text = path.read_text("utf-8")
@@ -271,6 +330,7 @@ def load_record(path: Path | str) -> dict[str, Any]:
             f"results record {path} is not valid JSON (line {e.lineno}, column {e.colno}: "
             f"{e.msg}); the file is corrupt or truncated, re-run the evaluation that wrote it"
         ) from None
+    _check_probes_paths(record, path)
     if isinstance(record, dict) and isinstance(record.get("metrics"), dict):
         missing = [name for name in METRIC_NAMES if name not in record["metrics"]]
         if missing:
@@ -282,3 +342,25 @@ def load_record(path: Path | str) -> dict[str, Any]:
 def load_records(paths: Iterable[Path | str]) -> list[dict[str, Any]]:
     """load_record of each path, in order."""
     return [load_record(p) for p in paths]
+
+
+def record_files(root: Path | str) -> list[Path]:
+    """The record.json files of a run folder: results/*/record.json, else any below it."""
+    root = Path(root)
+    return sorted(root.glob("results/*/record.json")) or sorted(root.rglob("record.json"))
+
+
+def records_on_disk(root: Path | str) -> dict[tuple[Any, Any, Any], Path]:
+    """(strategy, seed, per-probe sha256) -> record.json, for each record file under `root` (none
+    when it is not a folder): how a record held in memory finds its file, and so its per-probe files.
+    Files that are not records are passed over (load_record says why when asked to read one)."""
+    found: dict[tuple[Any, Any, Any], Path] = {}
+    for path in record_files(root) if Path(root).is_dir() else []:
+        try:
+            r = json.loads(path.read_text("utf-8"))
+            key = (r["strategy"], r["seed"], r["probes_file"]["sha256"])
+            hash(key)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        found.setdefault(key, path)
+    return found

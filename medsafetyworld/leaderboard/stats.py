@@ -1,4 +1,4 @@
-"""Statistics across training seeds and between strategies: which differences are real (SPEC 6).
+"""Statistics across training seeds and between two strategies on the same probes (SPEC 6).
 
 - `aggregate_seeds`: per (strategy, metric) the number of seeds, mean, sample std (ddof=1), min and
   max of the metric over the strategy's training seeds.
@@ -8,17 +8,15 @@
   averaged over the strategy's seeds within each resample (the same indices for every seed), so the
   point estimate is exactly the difference of the summary's seed means. The interval is over probes
   given the trained models; how much training seeds move a metric is what the std across seeds says.
-- `compare_to_baseline`: every trained strategy against the baseline (`raw`), each metric's
-  comparisons Holm-corrected together; `significance` adds the attacked metrics, compared on the
-  attacks' per-probe tables (the same probe ids for every strategy, so the pairing holds).
+- `holm`: Holm's step-down correction of several p-values.
 
-Metric definitions are not repeated here: `metrics.metric_terms` gives each metric as (mask, hits)
-terms over the table's rows, and a resample only reweights rows.
+Every trained strategy against the baseline, corrected together, is significance.py. Metric
+definitions are not repeated here: `metrics.metric_terms` gives each metric as (mask, hits) terms
+over the table's rows, and a resample only reweights rows.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,33 +27,11 @@ import numpy as np
 import pandas as pd
 
 from medsafetyworld.errors import ConfigError, DataError
-from medsafetyworld.evaluation.metrics import (
-    _MAX_CHUNK_ELEMENTS,
-    HIGHER_IS_BETTER,
-    combine,
-    is_defined,
-    metric_terms,
-)
-from medsafetyworld.leaderboard.record import load_record
-from medsafetyworld.leaderboard.summary import (
-    _check_comparable,
-    _is_reference,
-    _metric_names,
-    _row_order,
-    flat_metrics,
-)
-from medsafetyworld.storage import sha256_file
+from medsafetyworld.evaluation.metrics import _MAX_CHUNK_ELEMENTS, combine, metric_terms
+from medsafetyworld.leaderboard.grouping import flat_metrics, is_reference, metric_names, strategy_groups
 
 ProbeTable = pd.DataFrame | str | Path
 SEED_COLUMNS = ("strategy", "policy_kind", "metric", "n_seeds", "mean", "std", "min", "max", "seeds")
-COMPARISON_COLUMNS = (
-    "metric", "strategy", "baseline", "n_seeds", "n_seeds_baseline", "n", "value", "value_baseline",
-    "diff", "ci_low", "ci_high", "p_value", "p_holm", "significant", "direction", "n_boot",
-    "seed_pairs_agreeing", "seed_pairs",
-)
-# The smallest bootstrap p-value is 2 / (n_boot + 1) and Holm multiplies it by the number of
-# strategies, so with the micro preset's 200 resamples five strategies could never reach 0.05.
-MIN_COMPARISON_RESAMPLES = 2000
 
 
 # --- across seeds -----------------------------------------------------------------------------
@@ -68,15 +44,11 @@ def aggregate_seeds(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     n_seeds counts the seeds that have a value; std is NaN with fewer than two. Rows follow the
     summary's order (raw first, strategies by name, then reference policies), metrics METRICS order.
     """
-    _check_comparable(records)
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for r in sorted(records, key=lambda r: r["seed"]):
-        groups.setdefault(r["strategy"], []).append(r)
-    kinds = {s: "reference" if any(_is_reference(r) for r in g) else "model" for s, g in groups.items()}
-    rows = []
-    for strategy in sorted(groups, key=lambda s: _row_order(s, kinds[s] == "reference")):
-        group, kind = groups[strategy], kinds[strategy]
-        for m in _metric_names(records):
+    groups = strategy_groups(records)
+    names, rows = metric_names(records), []
+    for strategy, group in groups.items():
+        kind = "reference" if any(is_reference(r) for r in group) else "model"
+        for m in names:
             seeds = [r["seed"] for r in group if _value(r, m) is not None]
             x = np.array([_value(r, m) for r in group if _value(r, m) is not None], dtype=float)
             rows.append({
@@ -99,7 +71,8 @@ def _value(record: Mapping[str, Any], metric: str) -> float | None:
 # --- paired bootstrap -------------------------------------------------------------------------
 
 
-def _read_table(probes: ProbeTable) -> pd.DataFrame:
+def load_table(probes: ProbeTable) -> pd.DataFrame:
+    """A per-probe table given as a table or its path; DataError saying what to do if unreadable."""
     if isinstance(probes, pd.DataFrame):
         return probes
     try:
@@ -110,12 +83,12 @@ def _read_table(probes: ProbeTable) -> pd.DataFrame:
         raise DataError(f"per-probe table {probes} cannot be read ({e}); re-run the evaluation") from None
 
 
-def _as_tables(probes: ProbeTable | Sequence[ProbeTable]) -> list[pd.DataFrame]:
+def as_tables(probes: ProbeTable | Sequence[ProbeTable]) -> list[pd.DataFrame]:
     """One table per seed: a single table/path, or a sequence of them."""
     items = [probes] if isinstance(probes, (pd.DataFrame, str, Path)) else list(probes)
     if not items:
         raise DataError("no per-probe tables given; pass one table (or path) per seed")
-    return [_read_table(p) for p in items]
+    return [load_table(p) for p in items]
 
 
 def _aligned(tables_a: list[pd.DataFrame], tables_b: list[pd.DataFrame]) -> list[pd.DataFrame]:
@@ -225,11 +198,12 @@ def bootstrap_p_value(diffs: np.ndarray) -> float:
     return min(1.0, 2 * (k + 1) / (diffs.size + 1))
 
 
-def _paired(
+def paired_bootstraps(
     tables_a: list[pd.DataFrame], tables_b: list[pd.DataFrame], metrics: Sequence[str] | None, n_boot: int,
     seed: int, alpha: float,
 ) -> dict[str, dict[str, float]]:
-    """paired_bootstrap of each of `metrics` (None: every metric the tables define) on one draw."""
+    """paired_bootstrap of each of `metrics` (None: every metric the tables define) on one draw:
+    metric -> paired_bootstrap's result. tables_a/tables_b: one aligned-or-not table per seed."""
     if n_boot < 1:
         raise ConfigError(f"n_boot must be at least 1, got {n_boot}")
     tables = _aligned(tables_a, tables_b)
@@ -284,7 +258,7 @@ def paired_bootstrap(
     of seed_pairs (`seed_pairs`). Deterministic for a seed; the resamples do not depend on which
     metric is asked for.
     """
-    return _paired(_as_tables(probes_a), _as_tables(probes_b), [metric], n_boot, seed, alpha)[metric]
+    return paired_bootstraps(as_tables(probes_a), as_tables(probes_b), [metric], n_boot, seed, alpha)[metric]
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
@@ -298,207 +272,3 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     m = len(order)
     out[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
     return out
-
-
-# --- every strategy against the baseline ------------------------------------------------------
-
-
-def _record_files(root: Path) -> list[Path]:
-    return sorted(root.glob("results/*/record.json")) or sorted(root.rglob("record.json"))
-
-
-def _probes_next_to(record: Mapping[str, Any], record_path: Path, entry: Mapping[str, Any] | None = None) -> Path:
-    """The per-probe file of the record (or of `entry`, one of its attacks), checked against the
-    sha256 the record holds; paths are relative to the record's folder."""
-    probes_file = (record if entry is None else entry)["probes_file"]
-    path = record_path.parent / probes_file["path"]
-    if not path.is_file():
-        raise DataError(f"per-probe file {path} of record {record_path} is missing; re-run its evaluation")
-    if sha256_file(path) != probes_file["sha256"]:
-        raise DataError(f"per-probe file {path} changed since record {record_path} was written; re-run its evaluation")
-    return path
-
-
-def _runs(source: str | Path | Iterable[Any]) -> list[tuple[Mapping[str, Any], ProbeTable]]:
-    """(record, per-probe table) pairs from a run folder, record.json paths, or such pairs."""
-    if isinstance(source, (str, Path)):
-        root = Path(source)
-        if not root.is_dir():
-            raise DataError(f"{root} is not a run folder; pass the --out folder of `msw run`")
-        source = _record_files(root)
-        if not source:
-            raise DataError(f"no record.json under {root}; run the evaluation first")
-    runs = []
-    for item in source:
-        if isinstance(item, (str, Path)):
-            record = load_record(item)
-            runs.append((record, _probes_next_to(record, Path(item))))
-        elif isinstance(item, tuple) and len(item) == 2:
-            runs.append(item)
-        else:
-            raise DataError(
-                "a record alone does not say where its per-probe table is; pass the run folder, "
-                "record.json paths, or (record, probes table or path) pairs"
-            )
-    return runs
-
-
-def compare_to_baseline(
-    source: str | Path | Iterable[Any],
-    baseline: str = "raw",
-    metrics: Sequence[str] | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
-    alpha: float = 0.05,
-) -> pd.DataFrame:
-    """Every trained strategy against the baseline, per metric: paired bootstrap and Holm.
-
-    source: a run folder (its results/*/record.json with the probes.parquet next to each), an
-    iterable of record.json paths, or of (record, probes table or path) pairs; metrics: None for
-    every metric the per-probe tables define (metrics.metric_terms). Reference policies
-    are anchors, not interventions, and are not compared. Rows (metric, strategy) in METRICS then
-    summary order, with value/value_baseline (seed means), diff = strategy - baseline, its
-    interval, p_value, p_holm (Holm over the strategies compared on that metric; metrics are
-    separate questions and are not corrected against each other), significant (the 1 - alpha
-    interval excludes 0 and p_holm < alpha), direction ("better"/"worse" given whether higher
-    is better, "" when the difference is 0 or undefined), n_boot (resamples where the metric was
-    defined on both sides) and seed_pairs_agreeing of seed_pairs (`seed_pairs`: whether the
-    difference shows between every seed of one side and every seed of the other).
-    """
-    runs = _runs(source)
-    _check_comparable([r for r, _ in runs])
-    groups: dict[str, list[tuple[Mapping[str, Any], ProbeTable]]] = {}
-    for record, probes in sorted(runs, key=lambda run: run[0]["seed"]):
-        groups.setdefault(record["strategy"], []).append((record, probes))
-    if baseline not in groups:
-        raise DataError(f"baseline {baseline!r} has no records; strategies: {', '.join(sorted(groups))}")
-    others = sorted(
-        (s for s, g in groups.items() if s != baseline and not any(_is_reference(r) for r, _ in g)),
-        key=lambda s: _row_order(s, False),
-    )
-    base_tables = _as_tables([p for _, p in groups[baseline]])
-    results = {
-        s: _paired(base_tables, _as_tables([p for _, p in groups[s]]), metrics, n_boot, seed, alpha) for s in others
-    }
-    rows = []
-    for m in next(iter(results.values()), {}) if metrics is None else metrics:
-        for strategy in others:
-            r = results[strategy][m]
-            rows.append({
-                "metric": m, "strategy": strategy, "baseline": baseline, "n_seeds": len(groups[strategy]),
-                "n_seeds_baseline": len(groups[baseline]), "n": r["n"], "value": r["value_b"],
-                "value_baseline": r["value_a"], "diff": r["diff"], "ci_low": r["ci_low"],
-                "ci_high": r["ci_high"], "p_value": r["p_value"], "n_boot": r["n_boot"],
-                "seed_pairs_agreeing": r["seed_pairs_agreeing"], "seed_pairs": r["seed_pairs"],
-            })
-    table = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
-    table["p_holm"] = table.groupby("metric")["p_value"].transform(lambda p: holm(p.to_numpy()))
-    excludes_zero = (table["ci_low"] > 0) | (table["ci_high"] < 0)
-    table["significant"] = (excludes_zero & (table["p_holm"] < alpha)).astype(bool)
-    table["direction"] = [_direction(m, d) for m, d in zip(table["metric"], table["diff"])]
-    return table
-
-
-def _direction(metric: str, diff: float) -> str:
-    if math.isnan(diff) or diff == 0 or metric not in HIGHER_IS_BETTER:
-        return ""
-    return "better" if (diff > 0) == HIGHER_IS_BETTER[metric] else "worse"
-
-
-# --- what the summary writes ------------------------------------------------------------------
-
-
-def locate_probes(records: Sequence[Mapping[str, Any]], root: Path | str) -> dict[tuple[str, int], Path]:
-    """(strategy, seed) -> per-probe file, for each record whose record.json sits under `root` (a
-    run folder) next to a per-probe file with the sha256 the record holds; others are left out."""
-    wanted = {(r["strategy"], r["seed"]): r["probes_file"]["sha256"] for r in records}
-    found = {}
-    for path in _record_files(Path(root)) if Path(root).is_dir() else []:
-        try:
-            on_disk = json.loads(path.read_text("utf-8"))
-            key, probes = (on_disk["strategy"], on_disk["seed"]), path.parent / on_disk["probes_file"]["path"]
-            usable = key in wanted and key not in found and probes.is_file()
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # not a record the comparison can use; the rest of the summary does not need it
-        if usable and sha256_file(probes) == wanted[key]:
-            found[key] = probes
-    return found
-
-
-def significance(
-    records: Sequence[Mapping[str, Any]], probes: Mapping[tuple[str, int], ProbeTable], baseline: str = "raw",
-    seed: int = 0,
-) -> tuple[pd.DataFrame | None, str]:
-    """compare_to_baseline for the summary: (table, note) or (None, why there is nothing to compare).
-
-    A strategy with a seed whose per-probe table is not in `probes` is left out and named in the
-    note. Attacked metrics (`<metric>@<attack label>`) are compared too, on each attack's own
-    per-probe tables (`_attacked_comparisons`), and Holm-corrected within each of those names.
-    Resamples: the baseline's eval.bootstrap_samples (1000 if not recorded), at least
-    MIN_COMPARISON_RESAMPLES.
-    """
-    base = [r for r in records if r["strategy"] == baseline]
-    if not base:
-        return None, f"there is no `{baseline}` record"
-    if any((r["strategy"], r["seed"]) not in probes for r in base):
-        return None, f"the per-probe tables of `{baseline}` were not found next to its records"
-    others: dict[str, list[Mapping[str, Any]]] = {}
-    for r in records:
-        if r["strategy"] != baseline and not _is_reference(r):
-            others.setdefault(r["strategy"], []).append(r)
-    missing = sorted(s for s, g in others.items() if any((r["strategy"], r["seed"]) not in probes for r in g))
-    compared = [r for s, g in others.items() if s not in missing for r in g]
-    note = f"not compared (per-probe tables not found): {', '.join(f'`{s}`' for s in missing)}" if missing else ""
-    if not compared:
-        return None, note or f"no strategy besides `{baseline}` was trained"
-    recorded = int(base[0].get("config", {}).get("eval", {}).get("bootstrap_samples", 1000))
-    n_boot = max(recorded, MIN_COMPARISON_RESAMPLES)
-    pairs = [(r, probes[(r["strategy"], r["seed"])]) for r in [*base, *compared]]
-    table = compare_to_baseline(pairs, baseline, n_boot=n_boot, seed=seed)
-    attacked, skipped = _attacked_comparisons(pairs, baseline, n_boot, seed)
-    if skipped:
-        missing = f"attacks not compared (per-probe tables missing or changed): {skipped}"
-        note = "; ".join(x for x in (note, missing) if x)
-    return pd.concat([table, *attacked], ignore_index=True), note
-
-
-def _attacked_comparisons(
-    pairs: Sequence[tuple[Mapping[str, Any], ProbeTable]], baseline: str, n_boot: int, seed: int,
-) -> tuple[list[pd.DataFrame], str]:
-    """compare_to_baseline on each attack's per-probe tables, for the metrics the summary shows of
-    an attack that the tables define; rows named `<metric>@<attack label>`. An attack is compared
-    where every seed of the baseline and of at least one other strategy holds it; the tables are
-    found where the record's `attacks.<label>.probes_file` says, relative to the clean table's
-    folder (the record's), and must have the sha256 it holds. Also returns the labels left out,
-    for the note."""
-    from medsafetyworld.leaderboard.summary import ATTACK_METRICS
-
-    def table_of(record, clean, label):
-        entry = record.get("attacks", {}).get(label)
-        if entry is None or not isinstance(clean, (str, Path)):  # an in-memory table has nothing beside it
-            return None
-        try:  # the clean table sits in the record's folder
-            return _probes_next_to(record, Path(clean), entry)
-        except DataError:
-            return None
-
-    labels = sorted({label for r, _ in pairs for label in r.get("attacks", {})})
-    out, skipped = [], []
-    for label in labels:
-        by_strategy: dict[str, list] = {}
-        for r, p in pairs:
-            by_strategy.setdefault(r["strategy"], []).append((r, table_of(r, p, label)))
-        usable = {s: g for s, g in by_strategy.items() if all(t is not None for _, t in g)}
-        if baseline not in usable or len(usable) < 2:
-            skipped.append(f"`{label}`")
-            continue
-        use = [x for g in usable.values() for x in g]
-        terms = metric_terms(_read_table(use[0][1]))  # a metric the attack asked no probes of is left out
-        defined = {m for m, parts in terms.items() if is_defined(m, parts)}
-        metrics = [m for m in ATTACK_METRICS if m in defined]
-        if not metrics:
-            continue
-        part = compare_to_baseline(use, baseline, metrics=metrics, n_boot=n_boot, seed=seed)
-        part["metric"] = part["metric"] + f"@{label}"
-        out.append(part)
-    return out, ", ".join(skipped)
