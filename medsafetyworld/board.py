@@ -147,6 +147,8 @@ def _table(accepted: list[Accepted], worlds: _Worlds, cache: Path) -> pd.DataFra
                            else "" for s in table["strategy"]]
         table["recomputed"] = ["; ".join(sorted({a.recomputed.summary() for a in by_strategy[s]}))
                                if s in by_strategy else "evaluated by the board" for s in table["strategy"]]
+        table["not_recomputed"] = [" | ".join(sorted({a.recomputed.details() for a in by_strategy[s]}))
+                                   if s in by_strategy else "" for s in table["strategy"]]
         table["seeds"] = table["n_seeds"]
         table["board_track"] = track
         parts.append(table)
@@ -201,9 +203,12 @@ def _markdown(table: pd.DataFrame, rejected: pd.DataFrame) -> str:
         if table.empty or track not in set(table["board_track"]):
             continue
         rows = table[table["board_track"] == track]
-        parts += [f"## {track} track", "", to_markdown(rows), "",
-                  "Recomputed by the board: " + "; ".join(f"{n}: {r}" for n, r in zip(rows["name"], rows["recomputed"])
-                                                          if r != "evaluated by the board"), ""]
+        table_md = "\n".join("###" + line[1:] if line.startswith("# ") else line
+                              for line in to_markdown(rows).splitlines())  # its title under this track's
+        parts += [f"## {track} track", "", table_md, "", "What the board recomputed, per entry:", ""]
+        parts += [f"- {n}: {r}; not recomputed: {d}" for n, r, d in
+                  zip(rows["name"], rows["recomputed"], rows["not_recomputed"]) if r != "evaluated by the board"]
+        parts.append("")
     parts += ["## Rejected submissions", ""]
     if rejected.empty:
         parts.append("None.")

@@ -49,16 +49,23 @@ class Recomputed:
     checked: list[str] = field(default_factory=list)
     unchecked: dict[str, str] = field(default_factory=dict)
 
-    def summary(self) -> str:
-        """One phrase for the page: 'all N metrics' or 'N of M; not: a, b (why)'."""
-        total = len(self.checked) + len(self.unchecked)
-        if not self.unchecked:
-            return f"all {total} metrics"
+    def _by_reason(self) -> dict[str, list[str]]:
         reasons: dict[str, list[str]] = {}
         for metric, why in self.unchecked.items():
             reasons.setdefault(why, []).append(metric)
-        return f"{len(self.checked)} of {total}; not " + "; ".join(
-            f"{', '.join(sorted(ms))} ({why})" for why, ms in sorted(reasons.items()))
+        return dict(sorted(reasons.items()))
+
+    def summary(self) -> str:
+        """One short phrase for the page: 'all N metrics', or 'N of M; not: K (why), ...'."""
+        total = len(self.checked) + len(self.unchecked)
+        if not self.unchecked:
+            return f"all {total} metrics"
+        return f"{len(self.checked)} of {total}; not: " + "; ".join(
+            f"{len(ms)} ({why})" for why, ms in self._by_reason().items())
+
+    def details(self) -> str:
+        """Every metric not recomputed, by reason."""
+        return "; ".join(f"{why}: {', '.join(sorted(ms))}" for why, ms in self._by_reason().items()) or "none"
 
 
 def recompute(sub: Submission, world: World, splits: Splits, preset: Preset,

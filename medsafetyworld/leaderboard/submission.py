@@ -18,6 +18,7 @@ Recomputing the metrics from the raw responses is the next step (leaderboard/rec
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -26,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+import pyarrow.parquet as pq
 
 import medsafetyworld
 from medsafetyworld.errors import DataError
@@ -113,14 +116,20 @@ def bundle(results_dir: Path | str, out: Path | str, *, world_dir: Path | str | 
         "world_seed": world_seed, "probe_seed": world_seed if probe_seed is None else int(probe_seed),
         "package_version": medsafetyworld.__version__,
     }
-    record = {**record, "track": track}
+    record = copy.deepcopy({**record, "track": track})
+    entries = [record["probes_file"], *(e["probes_file"] for e in record.get("attacks", {}).values())]
     with atomic_dir(out) as tmp:
-        for rel in _record_files(record):
-            source = results_dir / _relative(rel, "the record's per-probe file")
+        for entry in entries:
+            rel = _relative(entry["path"], "the record's per-probe file")
+            source = results_dir / rel
             if not source.is_file():
                 raise DataError(f"{source} is missing; the record names it; re-run the evaluation")
+            if sha256_file(source) != entry["sha256"]:
+                raise DataError(f"{source} changed after its record was written (sha256); re-run the evaluation")
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, tmp / rel)
+            # the same table, zstd-compressed (about a third of the evaluation's snappy file)
+            pq.write_table(pq.read_table(source), tmp / rel, compression="zstd", compression_level=19)
+            entry["sha256"] = sha256_file(tmp / rel)
         if model_dir is not None:
             _copy_model(Path(model_dir), tmp / MODEL_DIR)
         write_json_atomic(tmp / RECORD, record)
