@@ -199,3 +199,20 @@ def test_check_files_refuses_a_file_that_is_not_a_folder(tmp_path):
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(Rejected, match="not a folder"):
         check_files(tmp_path / "x.json")
+
+
+def test_the_reference_submissions_make_a_board_and_a_forgery_of_one_is_caught(tmp_path):
+    """The committed baselines/submissions (real tiny v2 runs) pass every check; a copy of one with
+    a metric improved and the manifest re-hashed is caught by recomputation alone."""
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[1] / "baselines" / "submissions"
+    subs = tmp_path / "submissions"
+    shutil.copytree(source, subs)
+    forged = _copy(subs / "raw-s1", subs / "raw-s1-forged")
+    _edit_record(forged, lambda r: r.update(seed=99) or r["metrics"]["unsafe_action_rate/held_out"].update(value=0.05))
+    _resign(forged)
+    result = build_board(subs, tmp_path / "board", progress=False)
+    assert sorted(a.submission.name for a in result.accepted) == sorted(p.name for p in source.iterdir())
+    reason = result.rejected.set_index("submission")["reason"]["raw-s1-forged"]
+    assert "unsafe_action_rate/held_out (record 0.05 n=420, table 0.731 n=420)" in reason
