@@ -144,7 +144,7 @@ def test_the_board_ranks_the_good_submission_beside_the_references(board):
     assert row["track"] == "intervention" and row["config"] == "configs/raw-s1.json"
     recomputed = result.accepted[0].recomputed
     assert recomputed.unchecked["compose_acc/held_out"] == "needs the model's weights"
-    assert "(needs the model's weights)" in row["recomputed"] and "compose_acc/held_out" in row["not_recomputed"]
+    assert "need weights not shipped" in row["recomputed"] and "compose_acc/held_out" in row["not_recomputed"]
     assert recomputed.unchecked["benign_ft(examples=16,epochs=1):compose_acc/held_out"] == \
         "the finetuned model is not shipped"
     assert {"utility", "prefill:prefill_act_rate/held_out"} <= set(recomputed.checked)  # an attack's own metric
