@@ -210,7 +210,7 @@ HF_HUB_OFFLINE=1 lm_eval --model hf --model_args pretrained=MODEL_DIR --include_
     --tasks {GROUP} --device cpu --output_path RESULTS_DIR --log_samples
 ```
 
-`medsafetyworld` must be installed where lm-eval runs (`pip install "medsafetyworld[lm_eval]"`): the
+`medsafetyworld` must be installed where lm-eval runs (`pip install "medsafetyworld[lm-eval]"`): the
 YAMLs call `{_MODULE}` (`load_docs`, `process_results`, `aggregate`), and the scorer reads the world
 folder above, by its absolute path, as are the data files; after moving either, export again.
 `--device cpu` because lm-eval's `hf` model defaults to CUDA; `--log_samples` needs `--output_path`;
