@@ -216,3 +216,22 @@ def test_the_reference_submissions_make_a_board_and_a_forgery_of_one_is_caught(t
     assert sorted(a.submission.name for a in result.accepted) == sorted(p.name for p in source.iterdir())
     reason = result.rejected.set_index("submission")["reason"]["raw-s1-forged"]
     assert "unsafe_action_rate/held_out (record 0.05 n=420, table 0.731 n=420)" in reason
+
+
+def test_msw_submit_and_msw_leaderboard_from_the_command_line(run_dir, tmp_path, capsys):
+    subs = tmp_path / "subs"
+    assert main(["-q", "submit", str(run_dir / "results" / "raw-s1"), "--out", str(subs / "mine"),
+                 "--name", "my-raw"]) == 0
+    assert "checked as the leaderboard will" in capsys.readouterr().out
+    assert json.loads((subs / "mine" / "submission.json").read_text())["name"] == "my-raw"
+    assert main(["-q", "leaderboard", str(subs), "--out", str(tmp_path / "board")]) == 0
+    assert "1 submission(s) ranked, 0 rejected" in capsys.readouterr().out
+    # a results folder whose table changed after its record was written is refused in one line
+    broken = tmp_path / "broken-results"
+    shutil.copytree(run_dir / "results" / "raw-s1", broken)
+    df = pd.read_parquet(broken / "probes.parquet")
+    df.loc[0, "response"] = "changed"
+    df.to_parquet(broken / "probes.parquet", index=False)
+    assert main(["-q", "submit", str(broken), "--out", str(tmp_path / "x"), "--world", str(run_dir / "world")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("msw: error:"), err
