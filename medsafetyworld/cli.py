@@ -532,7 +532,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("strategies", help="list the registered strategies")
     s.set_defaults(func=cmd_strategies)
+    register_plugin_commands(sub)
     return p
+
+
+COMMANDS_GROUP = "medsafetyworld.commands"
+
+
+def register_plugin_commands(sub) -> None:
+    """Commands of other packages: each entry point of the group `medsafetyworld.commands` is a
+    function `register(subparsers)` that adds its subcommands. A plugin that fails to load is
+    skipped with a warning on stderr, so it never breaks the built-in commands."""
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        try:
+            ep.load()(sub)
+        except Exception as exc:  # a broken plugin must not break `msw`
+            print(f"msw: warning: commands plugin {ep.name!r} ({ep.value}) not loaded: {one_line(str(exc))}",
+                  file=sys.stderr)
 
 
 @contextlib.contextmanager

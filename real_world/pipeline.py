@@ -1,0 +1,283 @@
+"""The real-web pipeline on datatrove (0.10.x): reader, labeler, strategy, tokenizer and writer as
+pipeline steps under `LocalPipelineExecutor` (workers = cores by default).
+
+Output folder:
+  OUT/corpus/   shard-RRRRR.parquet (one a task, the schema `msw train` reads) and manifest.json,
+                written only once every task is done
+  OUT/tasks/    each task's counts (read, labeled, unlabeled, kept, dropped, tokens)
+  OUT/logs/     datatrove's logging folder; logs/completions/RRRRR marks a finished task
+
+A rerun of the same command skips finished tasks (datatrove's completion markers) and redoes only
+the others; a task writes its shard to a temporary file and renames it at its end, so a killed task
+leaves no half shard. Documents are read by file: task r reads files r, r + tasks, ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from medsafetyworld.corpus.document import UNSAFE
+from medsafetyworld.corpus.shards import MARKERS, SCHEMA, corpus_hash_of
+from medsafetyworld.errors import ConfigError, DataError
+from medsafetyworld.storage import sha256_file, write_json_atomic
+
+from .fineweb import parquet_files
+from .interventions import apply_strategy, real_text_strategy
+from .labelers import label_document
+
+try:
+    from datatrove.data import Document as DTDocument
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.base import PipelineStep
+    from datatrove.pipeline.readers import ParquetReader
+except ImportError:  # the optional extra is not installed
+    PipelineStep = object
+    ParquetReader = object
+    LocalPipelineExecutor = DTDocument = None
+
+INSTALL_HINT = "the real-web pipeline needs datatrove: pip install 'medsafetyworld[real-world]'"
+
+
+def _need_datatrove() -> None:
+    if LocalPipelineExecutor is None:
+        raise ConfigError(INSTALL_HINT)
+
+
+def _write_counts(out: Path, rank: int, step: str, counts: Counter) -> None:
+    write_json_atomic(out / "tasks" / f"{rank:05d}-{step}.json", dict(counts))
+
+
+class FineWebReader(ParquetReader):
+    """datatrove's ParquetReader with a limit on the documents of all tasks together: task r reads at
+    most its share of `total_limit` (None: no limit)."""
+
+    name = "FineWeb-Edu"
+
+    def __init__(self, data_folder, total_limit: int | None = None, tasks: int = 1, **kwargs):
+        super().__init__(data_folder, glob_pattern="**/*.parquet", **kwargs)
+        self.total_limit, self.tasks = total_limit, tasks
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        if self.total_limit is not None:
+            self.limit = self.total_limit // world_size + (rank < self.total_limit % world_size)
+            if self.limit == 0:
+                return
+        yield from super().run(data, rank, world_size)
+
+
+class LabelStep(PipelineStep):
+    """Adds the labeler's score, category and segments to each document's metadata; a failure
+    leaves the document unlabeled (kept and counted)."""
+
+    name = "label"
+    type = "🏷 LABEL"
+
+    def __init__(self, labeler, out: str):
+        super().__init__()
+        self.labeler, self.out = labeler, out
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        counts = Counter(read=0, labeled=0, unlabeled=0, unsafe=0)
+        for doc in data:
+            with self.track_time():
+                meta = label_document(self.labeler, doc.text)
+                doc.metadata.update(meta)
+            status = meta["label_status"]
+            counts["read"] += 1
+            counts[status] += 1
+            counts["unsafe"] += status == "labeled" and any(s["label"] == UNSAFE for s in meta["segments"])
+            self.stat_update(status)
+            yield doc
+        _write_counts(Path(self.out), rank, "label", counts)
+
+
+class StrategyStep(PipelineStep):
+    """Applies a MedSafetyWorld strategy (filter, tag, reflect, ...) to each labeled document."""
+
+    name = "strategy"
+    type = "🛡 STRATEGY"
+
+    def __init__(self, spec: str, seed: int, out: str):
+        super().__init__()
+        self.spec, self.seed, self.out = spec, seed, out
+        real_text_strategy(spec)  # refused here, before any task starts
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        strategy = real_text_strategy(self.spec)
+        counts = Counter(kept=0, dropped=0)
+        for doc in data:
+            with self.track_time():
+                results = list(apply_strategy(strategy, doc.id, doc.text, doc.metadata, self.seed))
+            if not results:
+                counts["dropped"] += 1
+                self.stat_update("dropped")
+            for new in results:
+                counts["kept"] += 1
+                meta = {**doc.metadata, "segments": [vars(s) for s in new.segments]}
+                yield DTDocument(text=new.text, id=new.id, metadata=meta)
+        _write_counts(Path(self.out), rank, "strategy", counts)
+
+
+def load_any_tokenizer(path: str):
+    from medsafetyworld.corpus.tokenizer import load_tokenizer
+
+    return load_tokenizer(path)
+
+
+class TokenizeStep(PipelineStep):
+    """Token ids of each document (no special tokens; the trainer appends eos), in batches."""
+
+    name = "tokenize"
+    type = "🔢 TOKENIZE"
+
+    def __init__(self, tokenizer_dir: str, batch_size: int = 256):
+        super().__init__()
+        self.tokenizer_dir, self.batch_size = tokenizer_dir, batch_size
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        tok = load_any_tokenizer(self.tokenizer_dir)
+        batch = []
+        for doc in data:
+            batch.append(doc)
+            if len(batch) >= self.batch_size:
+                yield from self._flush(tok, batch)
+                batch = []
+        yield from self._flush(tok, batch)
+
+    def _flush(self, tok, batch):
+        if not batch:
+            return
+        with self.track_time():
+            ids = tok([d.text for d in batch], add_special_tokens=False)["input_ids"]
+        for doc, doc_ids in zip(batch, ids):
+            doc.metadata["input_ids"] = doc_ids
+            yield doc
+
+
+class CorpusWriter(PipelineStep):
+    """Writes the task's documents as OUT/corpus/shard-RRRRR.parquet in the corpus schema of
+    `medsafetyworld.corpus.shards` (kind "web"; meta holds the FineWeb-Edu columns and the labels)."""
+
+    name = "corpus writer"
+    type = "💽 WRITER"
+
+    def __init__(self, out: str):
+        super().__init__()
+        self.out = out
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        rows = []
+        for doc in data:
+            meta = dict(doc.metadata)
+            ids = meta.pop("input_ids")
+            segments = meta.pop("segments", [])
+            rows.append({"id": doc.id, "kind": "web", "text": doc.text,
+                         "segments": [{k: s[k] for k in ("start", "end", "label", "category")} for s in segments],
+                         "meta": json.dumps(meta, sort_keys=True, default=str), "input_ids": ids,
+                         "n_tokens": len(ids) + 1})
+            self.stat_update("written")
+        folder = Path(self.out) / "corpus"
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"shard-{rank:05d}.parquet"
+        tmp = folder / f".tmp-shard-{rank:05d}-{os.getpid()}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp, compression="zstd")
+        os.replace(tmp, final)
+        _write_counts(Path(self.out), rank, "writer", Counter(written=len(rows),
+                                                               tokens=sum(r["n_tokens"] for r in rows)))
+        if False:  # a writer yields nothing; this keeps run a generator
+            yield
+
+
+def build_steps(input_dir, out, labeler, strategy: str, tokenizer_dir, *, limit=None, tasks=1, seed=0):
+    _need_datatrove()
+    out = str(out)
+    return [
+        FineWebReader(str(input_dir), total_limit=limit, tasks=tasks),
+        LabelStep(labeler, out),
+        StrategyStep(strategy, seed, out),
+        TokenizeStep(str(tokenizer_dir)),
+        CorpusWriter(out),
+    ]
+
+
+def run_real_world(input_dir, out, labeler, strategy: str = "raw", *, world=None, tokenizer=None,
+                   limit: int | None = None, tasks: int | None = None, workers: int | None = None,
+                   seed: int = 0, labeler_spec: str | None = None) -> dict:
+    """Run the pipeline (resuming finished tasks) and write the corpus manifest; returns it."""
+    _need_datatrove()
+    if (world is None) == (tokenizer is None):
+        raise ConfigError("pass exactly one of --world (its tokenizer; `msw train --world` then trains on the "
+                          "corpus) or --tokenizer (a tokenizer folder)")
+    tokenizer_dir = Path(world) / "tokenizer" if world is not None else Path(tokenizer)
+    load_any_tokenizer(str(tokenizer_dir))  # a bad folder fails here, once
+    strategy_obj = real_text_strategy(strategy)
+    files = parquet_files(input_dir)
+    tasks = tasks or len(files)
+    workers = workers or min(os.cpu_count() or 1, tasks)
+    out = Path(out)
+    (out / "corpus" / "manifest.json").unlink(missing_ok=True)  # written again once every task is done
+    steps = build_steps(input_dir, out, labeler, strategy, tokenizer_dir, limit=limit, tasks=tasks, seed=seed)
+    executor = LocalPipelineExecutor(pipeline=steps, tasks=tasks, workers=workers, logging_dir=str(out / "logs"),
+                                     skip_completed=True)
+    executor.run()
+    return finalize(out, tasks, world=world, strategy=strategy_obj, seed=seed,
+                    extra={"source": str(input_dir), "labeler": labeler_spec or labeler.name,
+                           "threshold": labeler.threshold, "limit": limit, "tokenizer": str(tokenizer_dir)})
+
+
+def finalize(out: Path, tasks: int, *, world=None, strategy=None, seed=0, extra=None) -> dict:
+    """OUT/corpus/manifest.json from every task's shard and counts (DataError when a task is not done)."""
+    out = Path(out)
+    done = {p.name for p in (out / "logs" / "completions").glob("*")}
+    if missing := [r for r in range(tasks) if f"{r:05d}" not in done]:
+        raise DataError(f"{len(missing)} of {tasks} tasks are not finished (first: {missing[0]}); rerun the "
+                        f"same command to finish them")
+    counts, per_kind, shards = Counter(), Counter(), []
+    for rank in range(tasks):
+        for step in ("label", "strategy", "writer"):
+            path = out / "tasks" / f"{rank:05d}-{step}.json"
+            if path.is_file():
+                counts.update(json.loads(path.read_text()))
+        shard = out / "corpus" / f"shard-{rank:05d}.parquet"
+        if not shard.is_file():
+            raise DataError(f"task {rank} is marked done but {shard} is missing; delete "
+                            f"{out / 'logs' / 'completions' / f'{rank:05d}'} and rerun to redo it")
+        table = pq.read_table(shard, columns=["text", "segments", "n_tokens"])
+        n_tokens = int(sum(table.column("n_tokens").to_pylist()))
+        shards.append({"file": shard.name, "documents": table.num_rows, "tokens": n_tokens,
+                       "sha256": sha256_file(shard)})
+        per_kind["documents"] += table.num_rows
+        per_kind["tokens"] += n_tokens
+        for text, segs in zip(table.column("text").to_pylist(), table.column("segments").to_pylist()):
+            unsafe = sum(s["label"] == UNSAFE for s in segs)
+            per_kind["unsafe_segments"] += unsafe
+            per_kind["unsafe_documents"] += unsafe > 0
+            for marker in MARKERS.values():
+                per_kind[f"count:{marker}"] += text.count(marker)
+    manifest = {
+        "kind": "real_world",
+        **(extra or {}),
+        "documents": per_kind["documents"],
+        "tokens": per_kind["tokens"],
+        "token_budget": per_kind["tokens"],
+        "per_kind": {"web": dict(sorted(per_kind.items()))},
+        "counts": dict(sorted(counts.items())),
+        "shards": shards,
+        "corpus_hash": corpus_hash_of(shards),
+        "seed": seed,
+    }
+    if strategy is not None:
+        manifest |= {"strategy": strategy.name, "strategy_label": strategy.label,
+                     "strategy_params": json.loads(json.dumps(strategy.params()))}
+    if world is not None:
+        from medsafetyworld.world.io import world_hash
+
+        manifest["world_hash"] = world_hash(world)
+    write_json_atomic(out / "corpus" / "manifest.json", manifest)
+    return manifest
