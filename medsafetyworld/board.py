@@ -23,15 +23,16 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from medsafetyworld.config import config_hash, get_preset, to_dict
+from medsafetyworld.config import get_preset, to_dict
 from medsafetyworld.errors import MSWError
 from medsafetyworld.evaluation.families import Probe
-from medsafetyworld.evaluation.policies import REFERENCE_POLICIES, reference_policy
+from medsafetyworld.evaluation.metrics import PRETRAINED
+from medsafetyworld.evaluation.policies import REFERENCE_POLICIES
 from medsafetyworld.leaderboard.grouping import summarize
 from medsafetyworld.leaderboard.recompute import Recomputed, recompute
 from medsafetyworld.leaderboard.render import to_markdown
 from medsafetyworld.leaderboard.submission import MODEL_DIR, Rejected, Submission, check_files
-from medsafetyworld.pipeline import evaluate_policy, make_world
+from medsafetyworld.pipeline import evaluate_reference, make_world
 from medsafetyworld.storage import path_safe, write_atomic, write_json_atomic
 from medsafetyworld.world.io import load_world, world_hash
 
@@ -82,7 +83,7 @@ def _confirm_with_model(model_dir: Path, batch_size: int):
                 policy = ModelPolicy(model_dir, batch_size, progress=False)
             except MSWError as e:
                 raise Rejected(f"the shipped model cannot be loaded ({e})") from None
-        asked = [probes[pid.removesuffix("_pretrained")] for pid in rows["probe_id"]]
+        asked = [probes[pid.removesuffix(PRETRAINED)] for pid in rows["probe_id"]]
         ranked = [" ".join(words) for words in policy.rank_first(asked)]
         for pid, got, want in zip(rows["probe_id"], rows["response"], ranked):
             if str(got) != want:
@@ -115,16 +116,9 @@ def verify(folder: Path, worlds: _Worlds) -> Accepted:
 
 def _references(worlds: _Worlds, preset_name: str, seed: int, cache: Path) -> list[dict[str, Any]]:
     folder, _, world, _ = worlds.get(preset_name, seed)
-    preset = get_preset(preset_name)
-    out = []
-    for name in REFERENCE_POLICIES:
-        fields = {"strategy": f"ref:{name}", "seed": seed, "corpus_hash": None, "policy_kind": "reference",
-                  "model_info": {"n_parameters": 0, "tokens_seen": 0}}
-        dest = cache / "references" / f"{path_safe(preset_name)}-{seed}" / f"ref-{name}"
-        out.append(evaluate_policy(lambda name=name: reference_policy(name, world, seed), folder, preset, dest,
-                                   key=config_hash(name, "reference"), record_fields=fields, probe_seed=seed,
-                                   pretrained=lambda policy: policy))
-    return out
+    dest = cache / "references" / f"{path_safe(preset_name)}-{seed}"
+    return [evaluate_reference(name, world, folder, get_preset(preset_name), seed, dest / f"ref-{name}")
+            for name in REFERENCE_POLICIES]
 
 
 def _table(accepted: list[Accepted], worlds: _Worlds, cache: Path) -> pd.DataFrame:
@@ -218,7 +212,7 @@ def _markdown(table: pd.DataFrame, rejected: pd.DataFrame) -> str:
     return "\n".join(parts) + "\n"
 
 
-def verify_folder(folder: Path | str, *, progress: bool = False) -> Accepted:
+def verify_folder(folder: Path | str) -> Accepted:
     """Every check the leaderboard makes of one submission folder (`msw submit` runs it on what it
     wrote); the regenerated world goes to a temporary folder. Rejected with the first failure."""
     import tempfile

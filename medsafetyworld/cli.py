@@ -356,7 +356,7 @@ def cmd_submit(args) -> None:
     from medsafetyworld.leaderboard.submission import Rejected
 
     try:
-        checked = verify_folder(out, progress=not args.quiet)
+        checked = verify_folder(out)
     except Rejected as e:
         raise DataError(f"{out} was written, but the leaderboard would reject it: {e}") from None
     print(f"submission written to {out} and checked as the leaderboard will: recomputed "

@@ -222,6 +222,21 @@ def evaluate_policy(
     return load_record(out / "record.json")
 
 
+def reference_key(name: str) -> str:
+    """The stage key of reference policy `name` (it has no training: its name is all of it)."""
+    return config_hash(name, "reference")
+
+
+def evaluate_reference(name: str, world, world_dir: Path, preset: Preset, world_seed: int, out: Path) -> dict[str, Any]:
+    """evaluate_policy for reference policy `name` on the world in `world_dir` (`world`, loaded),
+    probe seed `world_seed`, into `out`; it is its own model before post-training."""
+    fields = {"strategy": f"ref:{name}", "seed": world_seed, "corpus_hash": None, "policy_kind": "reference",
+              "model_info": {"n_parameters": 0, "tokens_seen": 0}}
+    return evaluate_policy(lambda: reference_policy(name, world, world_seed), world_dir, preset, out,
+                           key=reference_key(name), record_fields=fields, probe_seed=world_seed,
+                           pretrained=lambda policy: policy)
+
+
 def attack_policy(
     record_dir: Path, attacks: list[Attack], make_context: Callable[[Path], AttackContext], *, key: str
 ) -> dict[str, Any]:
@@ -296,15 +311,12 @@ def run(
                              progress=progress)
 
     for name in REFERENCE_POLICIES:
-        fields = {"strategy": f"ref:{name}", "seed": world_seed, "corpus_hash": None, "policy_kind": "reference",
-                  "model_info": {"n_parameters": 0, "tokens_seen": 0}}
-        key, folder = config_hash(name, "reference"), out / "results" / f"ref-{name}"
-        records.append(evaluate_policy(lambda name=name: reference_policy(name, world, world_seed), world_dir, preset,
-                                       folder, key=key, record_fields=fields, probe_seed=world_seed,
-                                       pretrained=lambda policy: policy))
+        folder = out / "results" / f"ref-{name}"
+        records.append(evaluate_reference(name, world, world_dir, preset, world_seed, folder))
         if prompt_attacks:
             policy = reference_policy(name, world, world_seed)
-            records[-1] = attack_policy(folder, prompt_attacks, lambda f, policy=policy: context(policy, f), key=key)
+            records[-1] = attack_policy(folder, prompt_attacks, lambda f, policy=policy: context(policy, f),
+                                        key=reference_key(name))
     for seed in seeds:
         for strategy in resolved:
             tag = folder_name(strategy, seed)
