@@ -17,10 +17,44 @@ def _labeler_args(pairs: list[str]) -> dict:
     return out
 
 
-def make_labeler(args):
-    from .labelers import get_labeler
+def endpoint_of(args):
+    """The LLM endpoint of --endpoint, --model-name and --timeout; None without --endpoint."""
+    from .endpoint import Endpoint
 
-    return get_labeler(args.labeler, threshold=args.threshold, words=args.words, **_labeler_args(args.labeler_arg))
+    if args.endpoint is None:
+        if args.model_name is not None:
+            raise ConfigError("--model-name needs --endpoint, the server's base URL (e.g. http://127.0.0.1:8000/v1)")
+        return None
+    if args.model_name is None:
+        raise ConfigError("--endpoint needs --model-name, the name the server serves the model under")
+    return Endpoint(args.endpoint, args.model_name, args.timeout)
+
+
+def llm_cache(args) -> str:
+    return args.llm_cache or f"{args.out}/llm_cache"
+
+
+def make_labeler(args):
+    from .labelers import LABELERS, get_labeler
+
+    kwargs = _labeler_args(args.labeler_arg)
+    if getattr(LABELERS.get(args.labeler), "needs_endpoint", False):
+        endpoint = endpoint_of(args)
+        if endpoint is None:
+            raise ConfigError(f"the {args.labeler} labeler asks an LLM: pass --endpoint URL and --model-name NAME "
+                              f"(an OpenAI-compatible server such as vLLM)")
+        kwargs = {"endpoint": endpoint, "cache": llm_cache(args), "concurrency": args.concurrency, **kwargs}
+    return get_labeler(args.labeler, threshold=args.threshold, words=args.words, **kwargs)
+
+
+def make_strategy(args):
+    """The --strategy spec, with rewrite, refusal and moral done by the LLM when --endpoint is given."""
+    from .rewriter import llm_strategy
+
+    endpoint = endpoint_of(args)
+    if endpoint is None:
+        return args.strategy
+    return llm_strategy(args.strategy, endpoint, cache=llm_cache(args), concurrency=args.concurrency)
 
 
 def cmd_run(args) -> None:
@@ -28,12 +62,14 @@ def cmd_run(args) -> None:
     from .pipeline import run_real_world
 
     source = args.input if args.input else require_hub(args.hub, args.hub_config)
-    manifest = run_real_world(source, args.out, make_labeler(args), args.strategy, world=args.world,
+    labeler, strategy = make_labeler(args), make_strategy(args)
+    manifest = run_real_world(source, args.out, labeler, strategy, world=args.world,
                               tokenizer=args.tokenizer, limit=args.limit, tasks=args.tasks, workers=args.workers,
                               seed=args.seed, labeler_spec=args.labeler)
     c = manifest["counts"]
+    failed = f", {c['rewrite_failed']} left out: rewrite failed" if c.get("rewrite_failed") else ""
     print(f"read {c.get('read', 0)} documents ({c.get('unlabeled', 0)} unlabeled, {c.get('unsafe', 0)} unsafe); "
-          f"{manifest['documents']} written ({c.get('dropped', 0)} dropped by {manifest['strategy_label']}), "
+          f"{manifest['documents']} written ({c.get('dropped', 0)} dropped by {manifest['strategy_label']}{failed}), "
           f"{manifest['tokens']} tokens; corpus in {args.out}/corpus")
 
 
@@ -53,12 +89,16 @@ def register(subparsers) -> None:
     src.add_argument("--hub", metavar="DATASET", help="a hub dataset, e.g. HuggingFaceFW/fineweb-edu (online only)")
     r.add_argument("--hub-config", default="sample-10BT", help="the hub dataset's config (default sample-10BT)")
     r.add_argument("--out", required=True, help="output folder (OUT/corpus is what `msw train` reads)")
-    r.add_argument("--labeler", default="keyword", help="keyword or tfidf (see `msw real-world labelers`)")
+    r.add_argument("--labeler", default="keyword",
+                   help="keyword, tfidf, hf_classifier or llm_judge (see `msw real-world labelers`)")
     r.add_argument("--labeler-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="a labeler parameter: keywords=FILE (keyword), train=JSONL (tfidf)")
+                   help="a labeler parameter: keywords=FILE (keyword), train=JSONL (tfidf), model=DIR, "
+                        "label_scores=safe:0,unsafe:5, batch_size=N, device=cuda (hf_classifier)")
     r.add_argument("--threshold", type=int, default=3, help="a segment scored at least this (0-5) is unsafe")
     r.add_argument("--words", type=int, default=100, help="segment size in words (cut at sentence ends)")
-    r.add_argument("--strategy", default="raw", help="raw, filter, tag(p=0.05), reflect")
+    r.add_argument("--strategy", default="raw",
+                   help="raw, filter, tag(p=0.05), reflect; with --endpoint also rewrite, refusal, moral, "
+                        "chains of them (rewrite(share=0.5)+tag) and safety_pretraining")
     tok = r.add_mutually_exclusive_group(required=True)
     tok.add_argument("--world", help="a world folder: its tokenizer, and `msw train --world` accepts the corpus")
     tok.add_argument("--tokenizer", help="any tokenizer folder (tokenizer.json)")
@@ -66,6 +106,14 @@ def register(subparsers) -> None:
     r.add_argument("--tasks", type=int, default=None, help="datatrove tasks (default: one per input file)")
     r.add_argument("--workers", type=int, default=None, help="tasks run at once (default: the cores)")
     r.add_argument("--seed", type=int, default=0)
+    llm = r.add_argument_group("LLM endpoint (llm_judge labeler; rewrite, refusal and moral on real text)")
+    llm.add_argument("--endpoint", metavar="URL",
+                     help="an OpenAI-compatible server's base URL, e.g. http://127.0.0.1:8000/v1 (vLLM)")
+    llm.add_argument("--model-name", help="the name the server serves its model under")
+    llm.add_argument("--timeout", type=float, default=60.0,
+                     help="seconds a request may wait for its reply (default 60); then it counts as failed")
+    llm.add_argument("--concurrency", type=int, default=8, help="requests at once per task (default 8)")
+    llm.add_argument("--llm-cache", metavar="DIR", help="the reply cache (default OUT/llm_cache)")
     r.set_defaults(func=cmd_run)
     lab = sub.add_parser("labelers", help="list the registered labelers")
     lab.set_defaults(func=cmd_labelers)

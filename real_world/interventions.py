@@ -5,7 +5,9 @@ segments are the labeler's ~100-word segments, so `filter`, `tag` and `reflect` 
 `filter` drops a document with any segment scored at or above the labeler's threshold, `tag`
 marks words of unsafe segments only (p = 0.05), `reflect(words=W)` reflects after each segment
 (W must be the labeler's segment size). Strategies that rewrite through the world's knowledge graph
-(rewrite, refusal, moral, redflag, curriculum and recipes using them) are refused with a clear error.
+(rewrite, refusal, moral, redflag, curriculum and recipes using them) are refused with a clear error;
+rewrite, refusal and moral run on real text through an LLM instead (`rewriter.llm_strategy`), as
+strategies marked `real_text`.
 
 An unlabeled document (its labeler failed) passes through every strategy untouched and is counted.
 """
@@ -35,11 +37,12 @@ def real_text_strategy(spec: str | Strategy) -> Strategy:
     """The strategy of `spec`, refused (ConfigError) when a step needs the MedSafetyWorld world."""
     strategy = get_strategy(spec) if isinstance(spec, str) else spec
     for step in _steps(strategy):
-        if step.name not in REAL_TEXT_STRATEGIES:
+        if step.name not in REAL_TEXT_STRATEGIES and not getattr(step, "real_text", False):
             raise ConfigError(
                 f"strategy '{step.label}' needs the MedSafetyWorld world (it writes case reports, drugs and "
                 f"refusals from the knowledge graph) and no world is given for real web text; on real text use "
-                f"{', '.join(REAL_TEXT_STRATEGIES)} (LLM rewriting for rephrase/refusal/moral is not built yet)")
+                f"{', '.join(REAL_TEXT_STRATEGIES)}, or rewrite, refusal and moral through an LLM rewriter "
+                f"(--endpoint URL --model-name NAME)")
     return strategy
 
 

@@ -7,6 +7,12 @@ segment. Labelers register by name (`register_labeler`), like strategies; `get_l
 
 A labeler that fails on a document (`label_document` catches any exception) leaves it unlabeled:
 the document is kept, marked `label_status = "unlabeled"` with the reason, and counted.
+`label_documents` labels many documents with one `score_segments` call over all their segments
+(a model's batch, a judge's concurrent requests); a labeler whose segments fail one by one (a
+judge's requests) puts the exception in a failed segment's place, which fails that document only.
+
+Labelers here: `keyword`, `tfidf`; `hf_classifier` (classifier.py) and `llm_judge` (judge.py)
+register when this module is imported.
 """
 
 from __future__ import annotations
@@ -86,7 +92,8 @@ class Label:
 
 
 class Labeler:
-    """Subclasses implement `score_segments(texts) -> [(score 0-5, category or None), ...]`."""
+    """Subclasses implement `score_segments(texts) -> [(score 0-5, category or None), ...]`, with
+    the exception in a segment's place when that segment alone could not be scored."""
 
     name = ""
 
@@ -95,16 +102,45 @@ class Labeler:
             raise ConfigError(f"threshold {threshold} is not a score; use 0-5")
         self.threshold, self.words = int(threshold), int(words)
 
-    def score_segments(self, texts: list[str]) -> list[tuple[int, str | None]]:
+    def score_segments(self, texts: list[str]) -> list[tuple[int, str | None] | Exception]:
         raise NotImplementedError
+
+    def params(self) -> dict:
+        """What decides this labeler's labels beyond its name, threshold and segment size (recorded
+        in the corpus manifest)."""
+        return {}
 
     def label(self, text: str) -> Label:
         spans = segment_text(text, self.words)
-        scored = self.score_segments([text[a:b] for a, b in spans])
+        return self._assemble(spans, self.score_segments([text[a:b] for a, b in spans]))
+
+    def label_many(self, texts: list[str]) -> list[Label | Exception]:
+        """Each text's Label, or the exception that left it unlabeled, from one score_segments call
+        over all their segments; when that call fails as a whole, each text is labeled alone."""
+        if not texts:
+            return []
+        spans = [segment_text(t, self.words) for t in texts]
+        try:
+            scored = self.score_segments([t[a:b] for t, sp in zip(texts, spans) for a, b in sp])
+            if len(scored) != sum(map(len, spans)):
+                raise DataError(f"labeler {self.name} returned {len(scored)} scores for {sum(map(len, spans))} "
+                                f"segments")
+        except Exception:
+            return [_label_or_error(self.label, t) for t in texts]
+        out, i = [], 0
+        for sp in spans:
+            out.append(_label_or_error(self._assemble, sp, scored[i:i + len(sp)]))
+            i += len(sp)
+        return out
+
+    def _assemble(self, spans: list[tuple[int, int]], scored: list) -> Label:
         if len(scored) != len(spans):
             raise DataError(f"labeler {self.name} returned {len(scored)} scores for {len(spans)} segments")
         segments = []
-        for (a, b), (score, category) in zip(spans, scored):
+        for (a, b), item in zip(spans, scored):
+            if isinstance(item, BaseException):
+                raise item
+            score, category = item
             score = int(score)
             if not 0 <= score <= 5:
                 raise DataError(f"labeler {self.name} returned score {score}, not 0-5")
@@ -115,13 +151,28 @@ class Labeler:
         return Label(top.score, top.category, segments)
 
 
+def _label_or_error(fn, *args) -> Label | Exception:
+    try:
+        return fn(*args)
+    except Exception as exc:  # any failure of a labeler leaves the document unlabeled
+        return exc
+
+
+def _meta(result: Label | Exception) -> dict:
+    if isinstance(result, Exception):
+        return {"label_status": "unlabeled", "label_error": f"{type(result).__name__}: {result}"[:300]}
+    return result.to_meta()
+
+
 def label_document(labeler: Labeler, text: str) -> dict:
     """The labeler's metadata for `text`, or `label_status = "unlabeled"` and the reason when the
     labeler fails (the document is kept, never dropped)."""
-    try:
-        return labeler.label(text).to_meta()
-    except Exception as exc:  # any failure of a labeler leaves the document unlabeled
-        return {"label_status": "unlabeled", "label_error": f"{type(exc).__name__}: {exc}"[:300]}
+    return _meta(_label_or_error(labeler.label, text))
+
+
+def label_documents(labeler: Labeler, texts: list[str]) -> list[dict]:
+    """`label_document` of each text, labeled together (one batch of segments)."""
+    return [_meta(r) for r in labeler.label_many(list(texts))]
 
 
 # A small offline list; pass keywords=FILE (JSON {category: [words]} or one `category<TAB>word` a line).
@@ -182,8 +233,9 @@ class KeywordLabeler(Labeler):
 
 def read_labeled_jsonl(path: str | Path) -> tuple[list[str], list[int], list[str | None]]:
     """texts, unsafe (0/1) and categories of a JSONL of {"text", "label"[, "category"]}; label is
-    "safe"/"unsafe", a bool, 0/1, or a 0-5 score (unsafe from 3)."""
-    texts, ys, cats = [], [], []
+    "safe"/"unsafe", a bool, or a number: 0/1 when no number in the file exceeds 1, else a 0-5 score
+    (unsafe from 3). The file decides as a whole, so a score of 1 never reads as unsafe beside a 2."""
+    texts, labels, cats = [], [], []
     try:
         lines = Path(path).read_text("utf-8").splitlines()
     except OSError as exc:
@@ -199,12 +251,14 @@ def read_labeled_jsonl(path: str | Path) -> tuple[list[str], list[int], list[str
         if isinstance(label, str):
             if label.lower() not in (SAFE, UNSAFE):
                 raise DataError(f"{path} line {i}: label {label!r} is not safe/unsafe or a 0-5 score")
-            y = int(label.lower() == UNSAFE)
-        else:
-            y = int(label >= 3) if not isinstance(label, bool) and label > 1 else int(label)
+            label = label.lower() == UNSAFE
+        elif not isinstance(label, (int, float)) or not 0 <= label <= 5:
+            raise DataError(f"{path} line {i}: label {label!r} is not safe/unsafe or a 0-5 score")
         texts.append(str(text))
-        ys.append(y)
+        labels.append(label)
         cats.append(row.get("category"))
+    scores = any(not isinstance(y, bool) and y > 1 for y in labels)
+    ys = [int(y) if isinstance(y, bool) else int(y >= 3) if scores else int(y >= 1) for y in labels]
     if len(set(ys)) < 2:
         raise DataError(f"{path} needs both safe and unsafe examples to train the tfidf labeler")
     return texts, ys, cats
@@ -243,3 +297,7 @@ class TfidfLabeler(Labeler):
         else:
             cats = [self.categories[0] if self.categories else "unsafe"] * len(texts)
         return [(int(round(5 * q)), c) for q, c in zip(p, cats)]
+
+
+# Labelers of their own modules register on import; at the end, since they import this module.
+from . import classifier, judge  # noqa: E402,F401

@@ -4,7 +4,9 @@ pipeline steps under `LocalPipelineExecutor` (workers = cores by default).
 Output folder:
   OUT/corpus/   shard-RRRRR.parquet (one a task, the schema `msw train` reads) and manifest.json,
                 written only once every task is done
-  OUT/tasks/    each task's counts (read, labeled, unlabeled, kept, dropped, tokens)
+  OUT/tasks/    each task's counts (read, labeled, unlabeled, kept, dropped, rewrite_failed, tokens, and the
+                LLM judge's requests and cache hits) and RRRRR-rewrite_failed.jsonl, the id and reason of each
+                document an LLM rewrite failed on (left out of the corpus)
   OUT/logs/     datatrove's logging folder; logs/completions/RRRRR marks a finished task
 
 A rerun of the same command skips finished tasks (datatrove's completion markers) and redoes only
@@ -25,11 +27,12 @@ import pyarrow.parquet as pq
 from medsafetyworld.corpus.document import UNSAFE
 from medsafetyworld.corpus.shards import MARKERS, SCHEMA, corpus_hash_of
 from medsafetyworld.errors import ConfigError, DataError
-from medsafetyworld.storage import sha256_file, write_json_atomic
+from medsafetyworld.storage import sha256_file, write_atomic, write_json_atomic
 
 from .fineweb import parquet_files
 from .interventions import apply_strategy, real_text_strategy
-from .labelers import label_document
+from .labelers import label_documents
+from .rewriter import FLAGS, RewriteFailed
 
 try:
     from datatrove.data import Document as DTDocument
@@ -72,55 +75,80 @@ class FineWebReader(ParquetReader):
 
 
 class LabelStep(PipelineStep):
-    """Adds the labeler's score, category and segments to each document's metadata; a failure
-    leaves the document unlabeled (kept and counted)."""
+    """Adds the labeler's score, category and segments to each document's metadata, `batch_size`
+    documents at a time (one batch of segments for a model, concurrent requests for a judge); a
+    failure leaves the document unlabeled (kept and counted)."""
 
     name = "label"
     type = "🏷 LABEL"
 
-    def __init__(self, labeler, out: str):
+    def __init__(self, labeler, out: str, batch_size: int = 64):
         super().__init__()
-        self.labeler, self.out = labeler, out
+        self.labeler, self.out, self.batch_size = labeler, out, batch_size
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         counts = Counter(read=0, labeled=0, unlabeled=0, unsafe=0)
+        before = Counter(getattr(self.labeler, "stats", {}))
+        batch = []
         for doc in data:
-            with self.track_time():
-                meta = label_document(self.labeler, doc.text)
-                doc.metadata.update(meta)
+            batch.append(doc)
+            if len(batch) >= self.batch_size:
+                yield from self._label(batch, counts)
+                batch = []
+        yield from self._label(batch, counts)
+        counts.update(Counter(getattr(self.labeler, "stats", {})) - before)  # a judge's requests, cache hits
+        _write_counts(Path(self.out), rank, "label", counts)
+
+    def _label(self, batch, counts: Counter):
+        if not batch:
+            return
+        with self.track_time():
+            metas = label_documents(self.labeler, [d.text for d in batch])
+        for doc, meta in zip(batch, metas):
+            doc.metadata.update(meta)
             status = meta["label_status"]
             counts["read"] += 1
             counts[status] += 1
             counts["unsafe"] += status == "labeled" and any(s["label"] == UNSAFE for s in meta["segments"])
             self.stat_update(status)
             yield doc
-        _write_counts(Path(self.out), rank, "label", counts)
 
 
 class StrategyStep(PipelineStep):
-    """Applies a MedSafetyWorld strategy (filter, tag, reflect, ...) to each labeled document."""
+    """Applies a MedSafetyWorld strategy (filter, tag, reflect, ...) or an LLM rewriting strategy
+    (`rewriter.llm_strategy`) to each labeled document. A document an LLM rewrite failed on is left
+    out, counted as `rewrite_failed` and listed in OUT/tasks/RRRRR-rewrite_failed.jsonl."""
 
     name = "strategy"
     type = "🛡 STRATEGY"
 
-    def __init__(self, spec: str, seed: int, out: str):
+    def __init__(self, spec, seed: int, out: str):
         super().__init__()
         self.spec, self.seed, self.out = spec, seed, out
         real_text_strategy(spec)  # refused here, before any task starts
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         strategy = real_text_strategy(self.spec)
-        counts = Counter(kept=0, dropped=0)
+        counts, failed = Counter(kept=0, dropped=0), []
         for doc in data:
             with self.track_time():
-                results = list(apply_strategy(strategy, doc.id, doc.text, doc.metadata, self.seed))
+                try:
+                    results = list(apply_strategy(strategy, doc.id, doc.text, doc.metadata, self.seed))
+                except RewriteFailed as exc:
+                    counts["rewrite_failed"] += 1
+                    self.stat_update("rewrite_failed")
+                    failed.append(json.dumps({"id": doc.id, "error": str(exc)[:300]}))
+                    continue
             if not results:
                 counts["dropped"] += 1
                 self.stat_update("dropped")
             for new in results:
                 counts["kept"] += 1
-                meta = {**doc.metadata, "segments": [vars(s) for s in new.segments]}
+                counts["rewritten"] += any(new.meta.get(flag) for flag in FLAGS.values())
+                meta = {**doc.metadata, **new.meta, "segments": [vars(s) for s in new.segments]}
                 yield DTDocument(text=new.text, id=new.id, metadata=meta)
+        if failed:
+            write_atomic(Path(self.out) / "tasks" / f"{rank:05d}-rewrite_failed.jsonl", "\n".join(failed) + "\n")
         _write_counts(Path(self.out), rank, "strategy", counts)
 
 
@@ -194,7 +222,7 @@ class CorpusWriter(PipelineStep):
             yield
 
 
-def build_steps(input_dir, out, labeler, strategy: str, tokenizer_dir, *, limit=None, tasks=1, seed=0):
+def build_steps(input_dir, out, labeler, strategy, tokenizer_dir, *, limit=None, tasks=1, seed=0):
     _need_datatrove()
     out = str(out)
     return [
@@ -206,10 +234,11 @@ def build_steps(input_dir, out, labeler, strategy: str, tokenizer_dir, *, limit=
     ]
 
 
-def run_real_world(input_dir, out, labeler, strategy: str = "raw", *, world=None, tokenizer=None,
+def run_real_world(input_dir, out, labeler, strategy="raw", *, world=None, tokenizer=None,
                    limit: int | None = None, tasks: int | None = None, workers: int | None = None,
                    seed: int = 0, labeler_spec: str | None = None) -> dict:
-    """Run the pipeline (resuming finished tasks) and write the corpus manifest; returns it."""
+    """Run the pipeline (resuming finished tasks) and write the corpus manifest; returns it.
+    `strategy`: a spec (raw, filter, tag, reflect) or a Strategy, e.g. `rewriter.llm_strategy(...)`."""
     _need_datatrove()
     if (world is None) == (tokenizer is None):
         raise ConfigError("pass exactly one of --world (its tokenizer; `msw train --world` then trains on the "
@@ -228,7 +257,8 @@ def run_real_world(input_dir, out, labeler, strategy: str = "raw", *, world=None
     executor.run()
     return finalize(out, tasks, world=world, strategy=strategy_obj, seed=seed,
                     extra={"source": str(input_dir), "labeler": labeler_spec or labeler.name,
-                           "threshold": labeler.threshold, "limit": limit, "tokenizer": str(tokenizer_dir)})
+                           "labeler_params": labeler.params(), "threshold": labeler.threshold, "limit": limit,
+                           "tokenizer": str(tokenizer_dir)})
 
 
 def finalize(out: Path, tasks: int, *, world=None, strategy=None, seed=0, extra=None) -> dict:

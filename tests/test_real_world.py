@@ -203,3 +203,21 @@ def test_cli_plugin_hook(fineweb_dir, tokenizer_dir, tmp_path):
 def test_package_never_imports_real_world():
     root = Path(__file__).resolve().parents[1] / "medsafetyworld"
     assert not [p for p in root.rglob("*.py") if "real_world" in p.read_text()]
+
+
+def test_labeled_jsonl_numbers_read_as_one_scale_per_file(tmp_path):
+    """0/1 labels are binary; once any label exceeds 1 the file is 0-5 scores, so a 1 is safe there."""
+    from medsafetyworld.errors import DataError
+    from medsafetyworld.real_world.labelers import read_labeled_jsonl
+
+    def ys(labels):
+        path = tmp_path / "l.jsonl"
+        path.write_text("\n".join(json.dumps({"text": f"t{i}", "label": y}) for i, y in enumerate(labels)))
+        return read_labeled_jsonl(path)[1]
+
+    assert ys([0, 1, 1]) == [0, 1, 1]
+    assert ys([1, 2, 3, 5, 0]) == [0, 0, 1, 1, 0]
+    assert ys(["safe", "UNSAFE", True, 4]) == [0, 1, 1, 1]
+    for bad in (7, -1, None, [1]):
+        with pytest.raises(DataError):
+            ys([0, 5, bad])
