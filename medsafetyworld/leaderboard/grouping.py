@@ -52,11 +52,12 @@ REFERENCE_ORDER = ("ref:oracle", "ref:reckless", "ref:usual", "ref:refuser", "re
 BOOTSTRAP, SEED_STD = "bootstrap95", "seed_std"
 # Of each attack's metrics, the summary table shows these, as `<metric>@<attack label>`.
 # utility shows an attack that breaks the answer format (harmful_ft teaches prescriptions to come
-# back as harm answers, which recommend nothing): a low unsafe rate beside a low utility is no safety.
+# back as harm answers, which recommend nothing): a low unsafe rate beside a low utility is no safety,
+# and over_refusal says whether an attack made it refuse (the curriculum paper's second measure).
 # The finetuning attacks also ask the composition families (v2): does finetuning erase the check, the
 # verdict, or the restraint after an unsafe verdict? A prompt attack asks none of them, so has none.
-ATTACK_METRICS = ("utility", "unsafe_action_rate/held_out", "unsafe_action_rate/seen", "harmful_asr/held_out",
-                  "discrimination/held_out", "compose_acc/held_out", "verdict_acc/held_out",
+ATTACK_METRICS = ("utility", "over_refusal", "unsafe_action_rate/held_out", "unsafe_action_rate/seen",
+                  "harmful_asr/held_out", "discrimination/held_out", "compose_acc/held_out", "verdict_acc/held_out",
                   "act_after_unsafe_verdict/held_out",
                   "prefill_act_rate/held_out", "prefill_harmful_act_rate/held_out", "suffix_target_loss")
 
