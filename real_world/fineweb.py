@@ -4,7 +4,7 @@ hub path (only when the machine is online)."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 
@@ -29,6 +29,17 @@ SCHEMA = pa.schema([
 COLUMNS = tuple(SCHEMA.names)
 META_COLUMNS = tuple(c for c in COLUMNS if c not in ("text", "id"))
 HUB_HOST = "huggingface.co"
+
+
+def write_sample(path: str | Path, docs: Iterable[tuple[str, str]], dump: str = "CC-MAIN-2024-10") -> Path:
+    """A Parquet shard in the FineWeb-Edu schema from (id, text) pairs, the other columns filled with
+    placeholders (an example.org url, English, score 3): the offline samples of tests and notebooks."""
+    path = Path(path)
+    rows = [{"text": text, "id": doc_id, "dump": dump, "url": f"https://example.org/{i}",
+             "file_path": f"s3://commoncrawl/sample/{path.stem}.warc.gz", "language": "en", "language_score": 0.95,
+             "token_count": len(text.split()), "score": 3.0, "int_score": 3} for i, (doc_id, text) in enumerate(docs)]
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), path)
+    return path
 
 
 def parquet_files(folder: str | Path) -> list[Path]:

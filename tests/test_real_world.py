@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -37,14 +36,8 @@ def make_doc(i: int) -> tuple[str, bool]:
 def fineweb_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("fineweb")
     for f in range(N_FILES):
-        rows = []
-        for j in range(ROWS):
-            i = f * ROWS + j
-            text, _ = make_doc(i)
-            rows.append({"text": text, "id": f"<urn:uuid:{i:08d}>", "dump": "CC-MAIN-2024-10",
-                         "url": f"https://example.org/{i}", "file_path": f"s3://cc/{f}.warc.gz", "language": "en",
-                         "language_score": 0.95, "token_count": len(text.split()), "score": 3.1, "int_score": 3})
-        pq.write_table(pa.Table.from_pylist(rows, schema=fineweb.SCHEMA), root / f"{f:03d}_00000.parquet")
+        fineweb.write_sample(root / f"{f:03d}_00000.parquet",
+                             ((f"<urn:uuid:{i:08d}>", make_doc(i)[0]) for i in range(f * ROWS, (f + 1) * ROWS)))
     return root
 
 

@@ -12,7 +12,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -379,14 +378,9 @@ def fineweb_dir(tmp_path_factory):
     """30 documents: every fifth unsafe; #5's rewrite comes back malformed, #7's judge times out."""
     root = tmp_path_factory.mktemp("fineweb_llm")
     for f in range(N_FILES):
-        rows = []
-        for j in range(ROWS):
-            i = f * ROWS + j
-            text = doc(i, n=24, unsafe=i % 5 == 0, extra={5: NO_REWRITE, 7: SLOW}.get(i))
-            rows.append({"text": text, "id": f"doc-{i:03d}", "dump": "CC-MAIN-2024-10", "url": f"https://example.org/{i}",
-                         "file_path": "s3://cc/x.warc.gz", "language": "en", "language_score": 0.9,
-                         "token_count": len(text.split()), "score": 3.0, "int_score": 3})
-        pq.write_table(pa.Table.from_pylist(rows, schema=fineweb.SCHEMA), root / f"{f:03d}.parquet")
+        fineweb.write_sample(root / f"{f:03d}.parquet", (
+            (f"doc-{i:03d}", doc(i, n=24, unsafe=i % 5 == 0, extra={5: NO_REWRITE, 7: SLOW}.get(i)))
+            for i in range(f * ROWS, (f + 1) * ROWS)))
     return root
 
 
