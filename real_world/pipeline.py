@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 
 import pyarrow as pa
@@ -50,6 +52,13 @@ INSTALL_HINT = "the real-web pipeline needs datatrove: pip install 'medsafetywor
 def _need_datatrove() -> None:
     if LocalPipelineExecutor is None:
         raise ConfigError(INSTALL_HINT)
+
+
+def batches(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of `size` items, the last one shorter (itertools.batched, Python 3.12)."""
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
 
 
 def _write_counts(out: Path, rank: int, step: str, counts: Counter) -> None:
@@ -89,19 +98,12 @@ class LabelStep(PipelineStep):
     def run(self, data, rank: int = 0, world_size: int = 1):
         counts = Counter(read=0, labeled=0, unlabeled=0, unsafe=0)
         before = Counter(getattr(self.labeler, "stats", {}))
-        batch = []
-        for doc in data:
-            batch.append(doc)
-            if len(batch) >= self.batch_size:
-                yield from self._label(batch, counts)
-                batch = []
-        yield from self._label(batch, counts)
+        for batch in batches(data, self.batch_size):
+            yield from self._label(batch, counts)
         counts.update(Counter(getattr(self.labeler, "stats", {})) - before)  # a judge's requests, cache hits
         _write_counts(Path(self.out), rank, "label", counts)
 
     def _label(self, batch, counts: Counter):
-        if not batch:
-            return
         with self.track_time():
             metas = label_documents(self.labeler, [d.text for d in batch])
         for doc, meta in zip(batch, metas):
@@ -170,17 +172,10 @@ class TokenizeStep(PipelineStep):
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         tok = load_any_tokenizer(self.tokenizer_dir)
-        batch = []
-        for doc in data:
-            batch.append(doc)
-            if len(batch) >= self.batch_size:
-                yield from self._flush(tok, batch)
-                batch = []
-        yield from self._flush(tok, batch)
+        for batch in batches(data, self.batch_size):
+            yield from self._flush(tok, batch)
 
     def _flush(self, tok, batch):
-        if not batch:
-            return
         with self.track_time():
             ids = tok([d.text for d in batch], add_special_tokens=False)["input_ids"]
         for doc, doc_ids in zip(batch, ids):
