@@ -11,6 +11,7 @@ from medsafetyworld import BENCHMARK_VERSION
 from medsafetyworld.config import Preset, config_hash, to_dict
 from medsafetyworld.corpus.shards import write_corpus
 from medsafetyworld.corpus.stream import raw_documents
+from medsafetyworld.corpus.tokenizer import batch_encoder
 from medsafetyworld.strategies import Strategy
 from medsafetyworld.strategies.base import TokenBudget
 from medsafetyworld.world.graph import World
@@ -37,8 +38,8 @@ def build_corpus(
 ) -> dict[str, Any]:
     """Every strategy gets the same token budget: filtering samples more raw documents, never fewer tokens."""
     raw = raw_documents(world, splits, preset.world, preset.corpus, seed)
-    budget = TokenBudget(preset.corpus.token_budget,
-                         lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1)
+    encode = batch_encoder(tokenizer)
+    budget = TokenBudget(preset.corpus.token_budget, lambda text: len(encode([text])[0]) + 1)
     docs = strategy.setup(world, splits, budget)(raw, np.random.default_rng([seed, 0x57A7]))
     extra = {
         "benchmark_version": BENCHMARK_VERSION,

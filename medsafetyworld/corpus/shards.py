@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from medsafetyworld.corpus.document import UNSAFE, Document
-from medsafetyworld.corpus.tokenizer import RED_FLAG, THINK_OPEN, UNSAFE_TAG
+from medsafetyworld.corpus.tokenizer import RED_FLAG, THINK_OPEN, UNSAFE_TAG, batch_encoder
 from medsafetyworld.errors import DataError
 from medsafetyworld.storage import atomic_dir, sha256_file, write_json_atomic
 
@@ -93,14 +93,14 @@ def write_corpus(
     `phases`: the token offset in the stream at which each phase begins."""
     stats, shards, total_tokens, total_docs, phases = _Stats(), [], 0, 0, {}
     rows: list[dict] = []
-    docs = iter(docs)
+    docs, encode = iter(docs), batch_encoder(tokenizer)
     with atomic_dir(out_dir) as tmp, tqdm(total=token_budget, unit="tok", unit_scale=True, desc="corpus",
                                           disable=not progress) as bar:
         while total_tokens < token_budget:
             batch = list(islice(docs, TOKENIZE_BATCH))
             if not batch:
                 break
-            ids = tokenizer([d.text for d in batch], add_special_tokens=False)["input_ids"]
+            ids = encode([d.text for d in batch])
             for doc, doc_ids in zip(batch, ids):
                 n = len(doc_ids) + 1  # the eos the trainer appends
                 if (phase := doc.meta.get("phase")) is not None:
