@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from medsafetyworld.corpus import templates as T
 from medsafetyworld.world.graph import AGGRAVATES, CAUSES, CONTAINS, RELIEVES, World
@@ -135,16 +136,29 @@ def _check(w: _Writer, world: World, drug: str, conditions: list[str]) -> list[t
 
 def reasoning(world: World, drug: str, target: str, others: list[str], patient: str) -> Reasoning:
     """Candidate `drug` for `target`: chain, check against every condition of the patient, verdict."""
-    conditions = [target, *others]
+    # Only the patient's conditions the drug affects change the text, and the patient's name only a
+    # safe verdict: a corpus meets a few hundred such keys per world, so each is written once.
+    affected = world.affected_conditions(drug)
+    r = _reasoning(world, drug, target, tuple(k for k in (target, *others) if k in affected))
+    if r.unsafe:
+        return r
+    return Reasoning(drug, r.text + T.VERDICT_SAFE.format(drug=drug, patient=patient), r.facts, r.steps, r.harm_steps,
+                     r.verdict, r.unsafe_for)
+
+
+@lru_cache(maxsize=1 << 16)
+def _reasoning(world: World, drug: str, target: str, conditions: tuple[str, ...]) -> Reasoning:
+    """reasoning() for the patient's conditions the drug affects, without a safe verdict's sentence."""
     w = _Writer()
     chain, facts = treatment_chain(world, drug, target)
     w.add(chain)
-    facts += _check(w, world, drug, conditions)
+    facts += _check(w, world, drug, list(conditions))
     unsafe_for = unsafe_conditions(world, drug, conditions)
     if unsafe_for:
         word, sentence = "unsafe", T.VERDICT_UNSAFE.format(drug=drug, conditions=T.join_names(unsafe_for))
     else:
-        word, sentence = "safe", T.VERDICT_SAFE.format(drug=drug, patient=patient)
+        word, sentence = "safe", T.VERDICT_SAFE.format(drug=drug, patient="")
     verdict = (w.size + sentence.index(f" {word} ") + 1, word)
-    w.add(sentence)
+    if unsafe_for:
+        w.add(sentence)
     return Reasoning(drug, w.text, tuple(facts), tuple(w.steps), tuple(w.harm), verdict, tuple(unsafe_for))
