@@ -13,10 +13,11 @@ import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
@@ -54,14 +55,12 @@ MARKERS = {
 }
 
 
-def fact_key(fact: Iterable[str]) -> str:
-    return "|".join(fact)
-
-
 class _Stats:
+    _MARKER_KEYS = [(f"count:{m}", m) for m in MARKERS.values()]
+
     def __init__(self) -> None:
         self.per_kind: dict[str, Counter] = defaultdict(Counter)
-        self.facts: Counter = Counter()
+        self.facts: Counter = Counter()  # by tuple(fact)
 
     def add(self, doc: Document, n_tokens: int) -> None:
         c = self.per_kind[doc.kind]
@@ -70,9 +69,64 @@ class _Stats:
         unsafe = sum(s.label == UNSAFE for s in doc.segments)
         c["unsafe_segments"] += unsafe
         c["unsafe_documents"] += unsafe > 0
-        for marker in MARKERS.values():
-            c[f"count:{marker}"] += doc.text.count(marker)
-        self.facts.update(fact_key(f) for f in doc.meta.get("facts", []))
+        text = doc.text
+        has_marker = "<" in text  # every marker starts with "<"
+        for key, marker in self._MARKER_KEYS:
+            c[key] += text.count(marker) if has_marker else 0
+        self.facts.update(map(tuple, doc.meta.get("facts", ())))
+
+
+class _ShardRows:
+    """The rows of one shard as columns, so that Arrow builds the table without a dict per row."""
+
+    def __init__(self) -> None:
+        self.id: list[str] = []
+        self.kind: list[str] = []
+        self.text: list[str] = []
+        self.meta: list[str] = []
+        self.n_tokens: list[int] = []
+        self.input_ids: list[list[int]] = []
+        self.segments: list[list[Any]] = []  # Segment objects
+
+    def add(self, doc: Document, ids: list[int], n_tokens: int) -> None:
+        self.id.append(doc.id)
+        self.kind.append(doc.kind)
+        self.text.append(doc.text)
+        self.meta.append(json.dumps(doc.meta, sort_keys=True))  # as Document.to_row stores it
+        self.segments.append(doc.segments)
+        self.input_ids.append(ids)
+        self.n_tokens.append(n_tokens)
+
+    def __len__(self) -> int:
+        return len(self.id)
+
+    def table(self) -> pa.Table:
+        """The table `pa.Table.from_pylist` makes of the rows (the same Parquet bytes)."""
+        segs = [s for doc in self.segments for s in doc]
+        seg_type = SCHEMA.field("segments").type
+        struct = pa.StructArray.from_arrays(
+            [pa.array([s.start for s in segs], pa.int32()), pa.array([s.end for s in segs], pa.int32()),
+             pa.array([s.label for s in segs], pa.string()), pa.array([s.category for s in segs], pa.string())],
+            fields=list(seg_type.value_type))
+        ids = np.fromiter(chain.from_iterable(self.input_ids), np.int32, sum(map(len, self.input_ids)))
+        columns = [
+            pa.array(self.id, pa.string()), pa.array(self.kind, pa.string()), pa.array(self.text, pa.string()),
+            pa.ListArray.from_arrays(_offsets(self.segments), struct, type=seg_type),
+            pa.array(self.meta, pa.string()),
+            pa.ListArray.from_arrays(_offsets(self.input_ids), pa.array(ids), type=SCHEMA.field("input_ids").type),
+            pa.array(self.n_tokens, pa.int32()),
+        ]
+        return pa.Table.from_arrays(columns, schema=SCHEMA)
+
+    def jsonl_rows(self) -> Iterator[dict[str, Any]]:
+        """The rows as Document.to_row writes them, with n_tokens."""
+        for i, segments in enumerate(self.segments):
+            yield {"id": self.id[i], "kind": self.kind[i], "text": self.text[i],
+                   "segments": [vars(s) for s in segments], "meta": self.meta[i], "n_tokens": self.n_tokens[i]}
+
+
+def _offsets(lists: list[list[Any]]) -> pa.Array:
+    return pa.array(np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int32))
 
 
 def write_corpus(
@@ -92,7 +146,7 @@ def write_corpus(
     Documents with `meta["phase"]` (a scheduled strategy such as `curriculum`) give the manifest
     `phases`: the token offset in the stream at which each phase begins."""
     stats, shards, total_tokens, total_docs, phases = _Stats(), [], 0, 0, {}
-    rows: list[dict] = []
+    rows = _ShardRows()
     docs, encode = iter(docs), batch_encoder(tokenizer)
     with atomic_dir(out_dir) as tmp, tqdm(total=token_budget, unit="tok", unit_scale=True, desc="corpus",
                                           disable=not progress) as bar:
@@ -107,19 +161,19 @@ def write_corpus(
                     if phase in phases and list(phases)[-1] != phase:
                         raise DataError(f"phase {phase!r} documents are not contiguous in the stream")
                     phases.setdefault(phase, total_tokens)
-                rows.append({**doc.to_row(), "input_ids": doc_ids, "n_tokens": n})
+                rows.add(doc, doc_ids, n)
                 stats.add(doc, n)
                 total_tokens += n
                 total_docs += 1
                 bar.update(n)
                 if len(rows) >= shard_documents:
                     shards.append(_write_shard(rows, tmp, len(shards), write_jsonl))
-                    rows = []
+                    rows = _ShardRows()
                 if total_tokens >= token_budget:
                     break
         if rows:
             shards.append(_write_shard(rows, tmp, len(shards), write_jsonl))
-        coverage = [stats.facts[fact_key(f)] for f in atomic_facts]
+        coverage = [stats.facts[tuple(f)] for f in atomic_facts]
         manifest = {
             **manifest_extra,
             "documents": total_docs,
@@ -136,16 +190,15 @@ def write_corpus(
     return manifest
 
 
-def _write_shard(rows: list[dict], folder: Path, index: int, write_jsonl: bool) -> dict[str, Any]:
+def _write_shard(rows: _ShardRows, folder: Path, index: int, write_jsonl: bool) -> dict[str, Any]:
     name = f"shard-{index:05d}.parquet"
-    table = pa.Table.from_pylist(rows, schema=SCHEMA)
-    pq.write_table(table, folder / name, compression="zstd")
-    entry = {"file": name, "documents": len(rows), "tokens": int(sum(r["n_tokens"] for r in rows)),
+    pq.write_table(rows.table(), folder / name, compression="zstd")
+    entry = {"file": name, "documents": len(rows), "tokens": int(sum(rows.n_tokens)),
              "sha256": sha256_file(folder / name)}
     if write_jsonl:
         with open(folder / name.replace(".parquet", ".jsonl"), "w") as f:
-            for r in rows:
-                f.write(json.dumps({k: v for k, v in r.items() if k != "input_ids"}) + "\n")
+            for r in rows.jsonl_rows():
+                f.write(json.dumps(r) + "\n")
     return entry
 
 
