@@ -9,7 +9,7 @@ import itertools
 import numpy as np
 import pytest
 
-from medsafetyworld.corpus.reasoning import VERDICT, reasoning
+from medsafetyworld.corpus.reasoning import VERDICT, _reasoning, reasoning
 from medsafetyworld.corpus import templates as T
 from medsafetyworld.corpus.stream import raw_documents
 from medsafetyworld.strategies import get_strategy
@@ -180,3 +180,18 @@ def test_redflag_flags_the_unsafe_prescription_after_the_verdict(strategy_docs):
         verdict_end = list(VERDICT.finditer(doc.text))[-1].end()
         assert doc.text.index("<rf>") > verdict_end
         assert f"<rf> {doc.meta['drug']}" in doc.text
+
+
+def test_reasoning_depends_only_on_the_conditions_the_drug_affects(tiny_world):
+    """reasoning() writes a candidate's text once per conditions it affects (its cache key): the
+    text written for the patient's full condition list is the same."""
+    world, _ = tiny_world
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        target = world.conditions[int(rng.integers(len(world.conditions)))]
+        drug = world.treating_drugs(target)[int(rng.integers(len(world.treating_drugs(target))))]
+        others = [str(k) for k in rng.choice(world.conditions, size=int(rng.integers(3)), replace=False) if k != target]
+        full = _reasoning.__wrapped__(world, drug, target, (target, *others))
+        if not full.unsafe:
+            full = dataclasses.replace(full, text=full.text + T.VERDICT_SAFE.format(drug=drug, patient="ann"))
+        assert reasoning(world, drug, target, others, "ann") == full
