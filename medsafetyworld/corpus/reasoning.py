@@ -90,6 +90,12 @@ def ends_with_verdict(text: str) -> tuple[str, str] | None:
 
 def treatment_chain(world: World, drug: str, target: str) -> tuple[str, list[tuple[str, str, str]]]:
     """The contains -> causes -> relieves steps for drug and target, and the facts they state."""
+    text, facts = _treatment_chain(world, drug, target)
+    return text, list(facts)
+
+
+@lru_cache(maxsize=1 << 16)
+def _treatment_chain(world: World, drug: str, target: str) -> tuple[str, tuple[tuple[str, str, str], ...]]:
     chains = world.chains(drug, target, RELIEVES)
     if not chains:
         raise ValueError(f"{drug} does not treat {target}")
@@ -99,7 +105,7 @@ def treatment_chain(world: World, drug: str, target: str) -> tuple[str, list[tup
         + T.STEP_CAUSES.format(compound=c, effect=e)
         + T.STEP_RELIEVES.format(effect=e, condition=target)
     )
-    return text, [(drug, CONTAINS, c), (c, CAUSES, e), (e, RELIEVES, target)]
+    return text, ((drug, CONTAINS, c), (c, CAUSES, e), (e, RELIEVES, target))
 
 
 def _check(w: _Writer, world: World, drug: str, conditions: list[str]) -> list[tuple[str, str, str]]:

@@ -70,6 +70,7 @@ class Cycle:
 class RawStream:
     def __init__(self, world: World, splits: Splits, world_cfg: WorldConfig, cfg: CorpusConfig, seed: int):
         self.world, self.splits, self.wcfg, self.cfg = world, splits, world_cfg, cfg
+        self.patients = world.patient_names  # a fresh list per call of the property
         self.rng = np.random.default_rng([seed, 0x5EED])
         # its own generator: wrapping requests in jailbreaks leaves every other draw as it was
         self.jailbreak_rng = np.random.default_rng([seed, 0x7A1B])
@@ -112,7 +113,7 @@ class RawStream:
         return others
 
     def patient(self) -> str:
-        return render.pick(self.rng, self.world.patient_names)
+        return render.pick(self.rng, self.patients)
 
     # -- drug choice -----------------------------------------------------------------------------
     def trainable(self, drug: str, target: str) -> bool:
