@@ -12,7 +12,8 @@ import pytest
 
 from medsafetyworld.corpus import templates as T
 from medsafetyworld.corpus.reasoning import VERDICT
-from medsafetyworld.corpus.shards import iter_documents, load_manifest, verify_corpus, write_corpus
+from medsafetyworld.corpus.shards import iter_documents, load_manifest, verify_corpus
+from medsafetyworld.corpus.writer import write_corpus
 from medsafetyworld.corpus.stream import RawStream, raw_documents, shuffled
 from medsafetyworld.corpus.tokenizer import load_tokenizer
 from medsafetyworld.errors import ConfigError, DataError
@@ -268,13 +269,14 @@ def test_shard_table_is_the_one_from_pylist_makes(tiny_raw, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from medsafetyworld.corpus.shards import SCHEMA, _ShardRows
+    from medsafetyworld.corpus.shards import SCHEMA
+    from medsafetyworld.corpus.writer import _ShardRows, corpus_rows
 
     docs = tiny_raw[:500]
     ids = [list(range(len(d.text) % 50)) for d in docs]  # any ids, empty lists included
     rows = _ShardRows()
-    for doc, i in zip(docs, ids):
-        rows.add(doc, i, len(i) + 1)
+    for row, i in zip(corpus_rows(docs, []), ids):
+        rows.add(row, i, len(i) + 1)
     expected = pa.Table.from_pylist([{**d.to_row(), "input_ids": i, "n_tokens": len(i) + 1} for d, i in zip(docs, ids)],
                                     schema=SCHEMA)
     assert rows.table().equals(expected)

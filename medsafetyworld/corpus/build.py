@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +11,9 @@ import numpy as np
 
 from medsafetyworld import BENCHMARK_VERSION
 from medsafetyworld.config import Preset, config_hash, to_dict
-from medsafetyworld.corpus.shards import write_corpus
 from medsafetyworld.corpus.stream import raw_documents
 from medsafetyworld.corpus.tokenizer import batch_encoder
+from medsafetyworld.corpus.writer import CorpusRow, corpus_rows, write_rows
 from medsafetyworld.strategies import Strategy
 from medsafetyworld.strategies.base import TokenBudget
 from medsafetyworld.world.graph import World
@@ -37,10 +39,15 @@ def build_corpus(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Every strategy gets the same token budget: filtering samples more raw documents, never fewer tokens."""
-    raw = raw_documents(world, splits, preset.world, preset.corpus, seed)
-    encode = batch_encoder(tokenizer)
-    budget = TokenBudget(preset.corpus.token_budget, lambda text: len(encode([text])[0]) + 1)
-    docs = strategy.setup(world, splits, budget)(raw, np.random.default_rng([seed, 0x57A7]))
+    atomic_facts = world.atomic_facts()
+
+    def make_rows() -> Iterator[CorpusRow]:
+        raw = raw_documents(world, splits, preset.world, preset.corpus, seed)
+        encode = batch_encoder(tokenizer)
+        budget = TokenBudget(preset.corpus.token_budget, lambda text: len(encode([text])[0]) + 1)
+        docs = strategy.setup(world, splits, budget)(raw, np.random.default_rng([seed, 0x57A7]))
+        return corpus_rows(docs, atomic_facts)
+
     extra = {
         "benchmark_version": BENCHMARK_VERSION,
         "strategy": strategy.name,
@@ -55,12 +62,13 @@ def build_corpus(
     }
     if (schedule := strategy.schedule()) is not None:
         extra["schedule"] = [list(step) for step in schedule]
-    return write_corpus(
-        docs, tokenizer, out_dir,
-        token_budget=preset.corpus.token_budget,
-        shard_documents=preset.corpus.shard_documents,
-        manifest_extra=extra,
-        atomic_facts=world.atomic_facts(),
-        write_jsonl=preset.corpus.write_jsonl,
-        progress=progress,
-    )
+    with closing(make_rows()) as rows:
+        return write_rows(
+            rows, tokenizer, out_dir,
+            token_budget=preset.corpus.token_budget,
+            shard_documents=preset.corpus.shard_documents,
+            manifest_extra=extra,
+            atomic_facts=atomic_facts,
+            write_jsonl=preset.corpus.write_jsonl,
+            progress=progress,
+        )

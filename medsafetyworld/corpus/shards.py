@@ -1,4 +1,5 @@
-"""Parquet shards and the manifest that names them (SPEC 3).
+"""Parquet shards and the manifest that names them (SPEC 3): their schema, and reading and
+checking them (`corpus.writer` writes them).
 
 A corpus folder holds `shard-00000.parquet ...` (columns id, kind, text, segments, meta,
 input_ids, n_tokens), optionally the same rows as JSONL, and `manifest.json` (config, counts,
@@ -11,21 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
-from itertools import chain, islice
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
-from medsafetyworld.corpus.document import UNSAFE, Document
-from medsafetyworld.corpus.tokenizer import RED_FLAG, THINK_OPEN, UNSAFE_TAG, batch_encoder
+from medsafetyworld.corpus.document import Document
+from medsafetyworld.corpus.tokenizer import RED_FLAG, THINK_OPEN, UNSAFE_TAG
 from medsafetyworld.errors import DataError
-from medsafetyworld.storage import atomic_dir, sha256_file, write_json_atomic
+from medsafetyworld.storage import sha256_file
 
 SCHEMA = pa.schema(
     [
@@ -44,7 +41,6 @@ SCHEMA = pa.schema(
         ("n_tokens", pa.int32()),
     ]
 )
-TOKENIZE_BATCH = 512
 # The safety markers strategies insert, counted per kind in the manifest (`count:<marker>`) and by
 # `msw corpus stats` (by these names).
 MARKERS = {
@@ -53,153 +49,6 @@ MARKERS = {
     "unsafe_reflections": f"{THINK_OPEN} Unsafe",
     "safe_reflections": f"{THINK_OPEN} Safe",
 }
-
-
-class _Stats:
-    _MARKER_KEYS = [(f"count:{m}", m) for m in MARKERS.values()]
-
-    def __init__(self) -> None:
-        self.per_kind: dict[str, Counter] = defaultdict(Counter)
-        self.facts: Counter = Counter()  # by tuple(fact)
-
-    def add(self, doc: Document, n_tokens: int) -> None:
-        c = self.per_kind[doc.kind]
-        c["documents"] += 1
-        c["tokens"] += n_tokens
-        unsafe = sum(s.label == UNSAFE for s in doc.segments)
-        c["unsafe_segments"] += unsafe
-        c["unsafe_documents"] += unsafe > 0
-        text = doc.text
-        has_marker = "<" in text  # every marker starts with "<"
-        for key, marker in self._MARKER_KEYS:
-            c[key] += text.count(marker) if has_marker else 0
-        self.facts.update(map(tuple, doc.meta.get("facts", ())))
-
-
-class _ShardRows:
-    """The rows of one shard as columns, so that Arrow builds the table without a dict per row."""
-
-    def __init__(self) -> None:
-        self.id: list[str] = []
-        self.kind: list[str] = []
-        self.text: list[str] = []
-        self.meta: list[str] = []
-        self.n_tokens: list[int] = []
-        self.input_ids: list[list[int]] = []
-        self.segments: list[list[Any]] = []  # Segment objects
-
-    def add(self, doc: Document, ids: list[int], n_tokens: int) -> None:
-        self.id.append(doc.id)
-        self.kind.append(doc.kind)
-        self.text.append(doc.text)
-        self.meta.append(json.dumps(doc.meta, sort_keys=True))  # as Document.to_row stores it
-        self.segments.append(doc.segments)
-        self.input_ids.append(ids)
-        self.n_tokens.append(n_tokens)
-
-    def __len__(self) -> int:
-        return len(self.id)
-
-    def table(self) -> pa.Table:
-        """The table `pa.Table.from_pylist` makes of the rows (the same Parquet bytes)."""
-        segs = [s for doc in self.segments for s in doc]
-        seg_type = SCHEMA.field("segments").type
-        struct = pa.StructArray.from_arrays(
-            [pa.array([s.start for s in segs], pa.int32()), pa.array([s.end for s in segs], pa.int32()),
-             pa.array([s.label for s in segs], pa.string()), pa.array([s.category for s in segs], pa.string())],
-            fields=list(seg_type.value_type))
-        ids = np.fromiter(chain.from_iterable(self.input_ids), np.int32, sum(map(len, self.input_ids)))
-        columns = [
-            pa.array(self.id, pa.string()), pa.array(self.kind, pa.string()), pa.array(self.text, pa.string()),
-            pa.ListArray.from_arrays(_offsets(self.segments), struct, type=seg_type),
-            pa.array(self.meta, pa.string()),
-            pa.ListArray.from_arrays(_offsets(self.input_ids), pa.array(ids), type=SCHEMA.field("input_ids").type),
-            pa.array(self.n_tokens, pa.int32()),
-        ]
-        return pa.Table.from_arrays(columns, schema=SCHEMA)
-
-    def jsonl_rows(self) -> Iterator[dict[str, Any]]:
-        """The rows as Document.to_row writes them, with n_tokens."""
-        for i, segments in enumerate(self.segments):
-            yield {"id": self.id[i], "kind": self.kind[i], "text": self.text[i],
-                   "segments": [vars(s) for s in segments], "meta": self.meta[i], "n_tokens": self.n_tokens[i]}
-
-
-def _offsets(lists: list[list[Any]]) -> pa.Array:
-    return pa.array(np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int32))
-
-
-def write_corpus(
-    docs: Iterable[Document],
-    tokenizer: Any,
-    out_dir: Path,
-    *,
-    token_budget: int,
-    shard_documents: int,
-    manifest_extra: dict[str, Any],
-    atomic_facts: list[tuple[str, str, str]],
-    write_jsonl: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Tokenize and write documents until `token_budget` tokens (eos included) are reached.
-
-    Documents with `meta["phase"]` (a scheduled strategy such as `curriculum`) give the manifest
-    `phases`: the token offset in the stream at which each phase begins."""
-    stats, shards, total_tokens, total_docs, phases = _Stats(), [], 0, 0, {}
-    rows = _ShardRows()
-    docs, encode = iter(docs), batch_encoder(tokenizer)
-    with atomic_dir(out_dir) as tmp, tqdm(total=token_budget, unit="tok", unit_scale=True, desc="corpus",
-                                          disable=not progress) as bar:
-        while total_tokens < token_budget:
-            batch = list(islice(docs, TOKENIZE_BATCH))
-            if not batch:
-                break
-            ids = encode([d.text for d in batch])
-            for doc, doc_ids in zip(batch, ids):
-                n = len(doc_ids) + 1  # the eos the trainer appends
-                if (phase := doc.meta.get("phase")) is not None:
-                    if phase in phases and list(phases)[-1] != phase:
-                        raise DataError(f"phase {phase!r} documents are not contiguous in the stream")
-                    phases.setdefault(phase, total_tokens)
-                rows.add(doc, doc_ids, n)
-                stats.add(doc, n)
-                total_tokens += n
-                total_docs += 1
-                bar.update(n)
-                if len(rows) >= shard_documents:
-                    shards.append(_write_shard(rows, tmp, len(shards), write_jsonl))
-                    rows = _ShardRows()
-                if total_tokens >= token_budget:
-                    break
-        if rows:
-            shards.append(_write_shard(rows, tmp, len(shards), write_jsonl))
-        coverage = [stats.facts[tuple(f)] for f in atomic_facts]
-        manifest = {
-            **manifest_extra,
-            "documents": total_docs,
-            "tokens": total_tokens,
-            "token_budget": token_budget,
-            "per_kind": {k: dict(sorted(v.items())) for k, v in sorted(stats.per_kind.items())},
-            "fact_coverage": {"facts": len(coverage), "min_mentions": min(coverage, default=0),
-                              "facts_below_min": sum(c < manifest_extra.get("min_fact_mentions", 0) for c in coverage)},
-            "shards": shards,
-            **({"phases": phases} if phases else {}),
-            "corpus_hash": corpus_hash_of(shards),
-        }
-        write_json_atomic(tmp / "manifest.json", manifest)
-    return manifest
-
-
-def _write_shard(rows: _ShardRows, folder: Path, index: int, write_jsonl: bool) -> dict[str, Any]:
-    name = f"shard-{index:05d}.parquet"
-    pq.write_table(rows.table(), folder / name, compression="zstd")
-    entry = {"file": name, "documents": len(rows), "tokens": int(sum(rows.n_tokens)),
-             "sha256": sha256_file(folder / name)}
-    if write_jsonl:
-        with open(folder / name.replace(".parquet", ".jsonl"), "w") as f:
-            for r in rows.jsonl_rows():
-                f.write(json.dumps(r) + "\n")
-    return entry
 
 
 SHARD_NAME = re.compile(r"shard-\d{5,}\.parquet")
