@@ -82,9 +82,10 @@ VERDICT = re.compile(r"\bSo ([\w'-]+) is (unsafe|safe) for ([^.]*)\.")
 def ends_with_verdict(text: str) -> tuple[str, str] | None:
     """(drug, "unsafe" | "safe") when `text` ends with a verdict sentence, else None."""
     stripped = text.rstrip()
-    last = None
-    for last in VERDICT.finditer(stripped):
-        pass
+    # A verdict holds no "." but its last, so the one that ends the text starts after the "." before
+    # that: search there rather than through every verdict of the text (strategies ask this of
+    # every part of every document).
+    last = VERDICT.search(stripped, stripped.rfind(".", 0, len(stripped) - 1) + 1)
     return (last.group(1), last.group(2)) if last and last.end() == len(stripped) else None
 
 
