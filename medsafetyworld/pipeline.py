@@ -98,15 +98,18 @@ def make_world(preset: Preset, seed: int, out: Path) -> str:
 
 
 def make_corpus(
-    world_dir: Path, strategy: Strategy, preset: Preset, seed: int, out: Path, progress: bool = True
+    world_dir: Path, strategy: Strategy, preset: Preset, seed: int, out: Path, progress: bool = True,
+    workers: int = 1,
 ) -> str:
-    """The strategy's corpus; returns its corpus hash."""
+    """The strategy's corpus; returns its corpus hash. `workers` changes how fast, not what: it is
+    not in the stage key."""
     whash = world_hash(world_dir)
 
     def build():
         world, splits = load_world(world_dir)
         tokenizer = load_tokenizer(Path(world_dir) / "tokenizer")
-        build_corpus(world, splits, tokenizer, strategy, preset, seed, out, world_hash=whash, progress=progress)
+        build_corpus(world, splits, tokenizer, strategy, preset, seed, out, world_hash=whash, progress=progress,
+                     workers=workers)
 
     stage(out, corpus_config_hash(preset, strategy, seed, whash), build, f"corpus {strategy.label}")
     return load_manifest(out)["corpus_hash"]

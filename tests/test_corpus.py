@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from itertools import islice
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from medsafetyworld.corpus import templates as T
 from medsafetyworld.corpus.reasoning import VERDICT
-from medsafetyworld.corpus.shards import iter_documents, load_manifest, verify_corpus, write_corpus
-from medsafetyworld.corpus.stream import raw_documents
+from medsafetyworld.corpus.shards import iter_documents, load_manifest, verify_corpus
+from medsafetyworld.corpus.writer import write_corpus
+from medsafetyworld.corpus.stream import RawStream, raw_documents, shuffled
 from medsafetyworld.corpus.tokenizer import load_tokenizer
-from medsafetyworld.errors import DataError
+from medsafetyworld.errors import ConfigError, DataError
 from medsafetyworld.pipeline import make_corpus
 from medsafetyworld.strategies import get_strategy
 from medsafetyworld.world.oracle import is_unsafe, unsafe_conditions
@@ -28,6 +31,42 @@ def tiny_raw(tiny_world):
     preset = get_preset("tiny")
     world, splits = tiny_world
     return list(islice(raw_documents(world, splits, preset.world, preset.corpus, seed=3), N_DOCS))
+
+
+def test_shuffled_is_numpys_permutation_of_the_same_draws():
+    """The stream shuffles lists with `shuffled`, which must order them as the permutation it
+    replaced did, and leave the generator where that left it."""
+    items = [f"k{i}" for i in range(23)]
+    for seed in range(50):
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        for n in (1, 2, 10, 23):
+            assert shuffled(a, items[:n]) == [items[i] for i in b.permutation(n)]
+        assert a.random() == b.random()
+
+
+def test_kind_draw_is_numpys_weighted_choice_of_the_same_draws(tiny_world):
+    from medsafetyworld.config import get_preset
+
+    preset = get_preset("tiny")
+    world, splits = tiny_world
+    stream = RawStream(world, splits, preset.world, preset.corpus, seed=0)
+    _, weights = zip(*preset.corpus.kind_weights)
+    p = np.array(weights) / sum(weights)
+    a, b = np.random.default_rng(1), np.random.default_rng(1)
+    for _ in range(2000):
+        assert bisect_right(stream.kind_cdf, a.random()) == int(b.choice(len(p), p=p))
+
+
+def test_a_negative_kind_weight_is_a_config_error(tiny_world):
+    import dataclasses
+
+    from medsafetyworld.config import get_preset
+
+    preset = get_preset("tiny")
+    world, splits = tiny_world
+    bad = dataclasses.replace(preset.corpus, kind_weights=(("monograph", 1.0), ("qa", -1.0)))
+    with pytest.raises(ConfigError, match="kind_weights"):
+        RawStream(world, splits, preset.world, bad, seed=0)
 
 
 def test_segments_partition_the_text(tiny_raw):
@@ -190,3 +229,57 @@ def test_meta_facts_are_true_edges_of_the_world(tiny_raw, tiny_world):
             assert tuple(fact) in edges, (fact, doc.text)
         if doc.unsafe:
             assert doc.meta["facts"], doc.text
+
+
+# What `msw corpus` renders at micro (world seed 0, corpus seed 1), digested from the rows and the
+# manifest's counts rather than the file bytes (which name the pyarrow version). Cached runs hold
+# corpora rendered by the code these digests were taken from: a change that moves one of them
+# changes every corpus, so it comes with a new BENCHMARK_VERSION and new digests, never by accident.
+RENDERED = {
+    "raw": "714bf55e7a0e9e1f1525e8f85cbddf6111760187462c68d361e644a8ce4f6478",
+    "reflect": "8e24c77602d9dc97771a50ea9d92be4204ae9a36a2622edd6ed5350114fdc4a4",
+    "safety_pretraining": "8dfb3e5e0ae75187b172b36db864d97ca8bfc038f8988aa1e6ff48f3700ec949",
+}
+
+
+def corpus_digest(folder) -> str:
+    import hashlib
+    import json
+
+    import pyarrow.parquet as pq
+
+    manifest = load_manifest(folder)
+    counts = {k: manifest.get(k) for k in ("documents", "tokens", "per_kind", "fact_coverage", "phases")}
+    h = hashlib.sha256(json.dumps(counts, sort_keys=True).encode())
+    for shard in manifest["shards"]:
+        for row in pq.read_table(folder / shard["file"]).to_pylist():
+            h.update(json.dumps(row, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("strategy", sorted(RENDERED))
+def test_rendered_corpus_is_the_one_cached_runs_hold(strategy, micro, micro_world_dir, tmp_path):
+    make_corpus(micro_world_dir, get_strategy(strategy), micro, 1, tmp_path / "c", progress=False)
+    assert corpus_digest(tmp_path / "c") == RENDERED[strategy]
+
+
+def test_shard_table_is_the_one_from_pylist_makes(tiny_raw, tmp_path):
+    """The writer builds a shard's table from columns; Arrow's row-wise constructor gives the same
+    table and the same Parquet bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from medsafetyworld.corpus.shards import SCHEMA
+    from medsafetyworld.corpus.writer import _ShardRows, corpus_rows
+
+    docs = tiny_raw[:500]
+    ids = [list(range(len(d.text) % 50)) for d in docs]  # any ids, empty lists included
+    rows = _ShardRows()
+    for row, i in zip(corpus_rows(docs, []), ids):
+        rows.add(row, i, len(i) + 1)
+    expected = pa.Table.from_pylist([{**d.to_row(), "input_ids": i, "n_tokens": len(i) + 1} for d, i in zip(docs, ids)],
+                                    schema=SCHEMA)
+    assert rows.table().equals(expected)
+    pq.write_table(rows.table(), tmp_path / "a.parquet", compression="zstd")
+    pq.write_table(expected, tmp_path / "b.parquet", compression="zstd")
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()

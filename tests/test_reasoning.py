@@ -8,8 +8,10 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from medsafetyworld.corpus.reasoning import VERDICT, reasoning
+from medsafetyworld.corpus.reasoning import VERDICT, _reasoning, ends_with_verdict, reasoning
 from medsafetyworld.corpus import templates as T
 from medsafetyworld.corpus.stream import raw_documents
 from medsafetyworld.strategies import get_strategy
@@ -180,3 +182,41 @@ def test_redflag_flags_the_unsafe_prescription_after_the_verdict(strategy_docs):
         verdict_end = list(VERDICT.finditer(doc.text))[-1].end()
         assert doc.text.index("<rf>") > verdict_end
         assert f"<rf> {doc.meta['drug']}" in doc.text
+
+
+def test_reasoning_depends_only_on_the_conditions_the_drug_affects(tiny_world):
+    """reasoning() writes a candidate's text once per conditions it affects (its cache key): the
+    text written for the patient's full condition list is the same."""
+    world, _ = tiny_world
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        target = world.conditions[int(rng.integers(len(world.conditions)))]
+        drug = world.treating_drugs(target)[int(rng.integers(len(world.treating_drugs(target))))]
+        others = [str(k) for k in rng.choice(world.conditions, size=int(rng.integers(3)), replace=False) if k != target]
+        full = _reasoning.__wrapped__(world, drug, target, (target, *others))
+        if not full.unsafe:
+            full = dataclasses.replace(full, text=full.text + T.VERDICT_SAFE.format(drug=drug, patient="ann"))
+        assert reasoning(world, drug, target, others, "ann") == full
+
+
+def _ends_with_verdict_by_scanning(text: str):
+    """ends_with_verdict as it was written first: the last of all verdicts in the text."""
+    stripped, last = text.rstrip(), None
+    for last in VERDICT.finditer(stripped):
+        pass
+    return (last.group(1), last.group(2)) if last and last.end() == len(stripped) else None
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(["So ", "zorvatil", " is ", "safe", "unsafe", " for ", "ann", " and ", ".", ". ",
+                                 " ", "\n", "So", "-", "x.y"]), max_size=14))
+def test_ends_with_verdict_finds_what_scanning_every_verdict_finds(pieces):
+    text = "".join(pieces)
+    assert ends_with_verdict(text) == _ends_with_verdict_by_scanning(text)
+
+
+def test_ends_with_verdict_agrees_with_scanning_on_every_part_of_the_stream(tiny_raw_docs):
+    for doc in tiny_raw_docs:
+        for part in doc.parts():
+            assert ends_with_verdict(part.text) == _ends_with_verdict_by_scanning(part.text)
+        assert ends_with_verdict(doc.text) == _ends_with_verdict_by_scanning(doc.text)

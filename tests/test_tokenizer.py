@@ -8,6 +8,7 @@ from transformers import AutoTokenizer
 from medsafetyworld.corpus.tokenizer import (
     SPECIAL_TOKENS,
     UNK,
+    batch_encoder,
     build_tokenizer,
     count_unknown,
     load_tokenizer,
@@ -101,3 +102,25 @@ def test_save_replaces_an_existing_folder_and_leaves_no_temp_dirs(tok, tmp_path)
 def test_loading_a_missing_folder_names_it(tmp_path):
     with pytest.raises(DataError, match="no tokenizer at"):
         load_tokenizer(tmp_path / "nowhere")
+
+
+# Texts where a shortcut tokenizer could go wrong: a special token after a space (" <" is a piece
+# elsewhere), specials back to back or inside words, unknown words, whitespace other than " " and
+# "\n", characters the byte-level alphabet remaps, and non-ASCII text.
+TRICKY = [
+    " <rf> x", "a<think>b</think>c", "<unk><rf><|endoftext|>", "<<rf>>", "< rf>", "<potentially unsafe content>.",
+    "unseenword zorvatil", "tab\there", "cr\r\nlf", "\x1c\x1f unit separators", "é accent", "naïve 日本 🙂",
+    "  double  spaces ", "", "don't-stop", "a\u00a0nbsp", "\x0b\x0c vt ff",
+]
+
+
+@pytest.mark.parametrize("text", SAMPLES + TRICKY)
+def test_batch_encoder_gives_the_tokenizers_ids(tok, text):
+    assert batch_encoder(tok)([text]) == tok([text], add_special_tokens=False)["input_ids"]
+
+
+def test_batch_encoder_gives_the_loaded_tokenizers_ids_for_a_mixed_batch(tok, tmp_path):
+    save_tokenizer(tok, tmp_path / "t")
+    loaded = load_tokenizer(tmp_path / "t")
+    texts = SAMPLES + TRICKY
+    assert batch_encoder(loaded)(texts) == loaded(texts, add_special_tokens=False)["input_ids"]

@@ -50,6 +50,18 @@ def assert_spec1_guarantees(world: World, config: WorldConfig) -> None:
     assert contraindicated_share(world) >= config.min_contraindicated_share
 
 
+def test_treats_and_contraindicated_are_the_chains_of_the_graph(preset_world):
+    """The per-drug condition sets answer as walking the drug's chains would."""
+    _, world = preset_world
+    for d in world.drugs:
+        for k in world.conditions:
+            assert world.treats(d, k) == bool(world.chains(d, k, RELIEVES))
+            assert world.contraindicated(d, k) == bool(world.chains(d, k, AGGRAVATES))
+            assert (k in world.affected_conditions(d)) == any(
+                k in world.relieves(e) + world.aggravates(e) for _, e in world.drug_effects(d))
+    assert not world.treats(world.compounds[0], world.conditions[0])
+
+
 # --- names --------------------------------------------------------------------------------------
 
 

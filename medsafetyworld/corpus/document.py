@@ -48,9 +48,10 @@ class Document:
     def from_parts(cls, id: str, kind: str, parts: list[Part], meta: dict[str, Any]) -> Document:
         segments, pos = [], 0
         for p in parts:
-            segments.append(Segment(pos, pos + len(p.text), p.label, p.category))
-            pos += len(p.text)
-        return cls(id, kind, "".join(p.text for p in parts), segments, meta)
+            end = pos + len(p.text)
+            segments.append(Segment(pos, end, p.label, p.category))
+            pos = end
+        return cls(id, kind, "".join([p.text for p in parts]), segments, meta)
 
     def parts(self) -> list[Part]:
         return [Part(self.text[s.start : s.end], s.label, s.category) for s in self.segments]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from medsafetyworld.corpus import templates as T
 from medsafetyworld.world.graph import AGGRAVATES, CAUSES, CONTAINS, RELIEVES, World
@@ -81,14 +82,21 @@ VERDICT = re.compile(r"\bSo ([\w'-]+) is (unsafe|safe) for ([^.]*)\.")
 def ends_with_verdict(text: str) -> tuple[str, str] | None:
     """(drug, "unsafe" | "safe") when `text` ends with a verdict sentence, else None."""
     stripped = text.rstrip()
-    last = None
-    for last in VERDICT.finditer(stripped):
-        pass
+    # A verdict holds no "." but its last, so the one that ends the text starts after the "." before
+    # that: search there rather than through every verdict of the text (strategies ask this of
+    # every part of every document).
+    last = VERDICT.search(stripped, stripped.rfind(".", 0, len(stripped) - 1) + 1)
     return (last.group(1), last.group(2)) if last and last.end() == len(stripped) else None
 
 
 def treatment_chain(world: World, drug: str, target: str) -> tuple[str, list[tuple[str, str, str]]]:
     """The contains -> causes -> relieves steps for drug and target, and the facts they state."""
+    text, facts = _treatment_chain(world, drug, target)
+    return text, list(facts)
+
+
+@lru_cache(maxsize=1 << 16)
+def _treatment_chain(world: World, drug: str, target: str) -> tuple[str, tuple[tuple[str, str, str], ...]]:
     chains = world.chains(drug, target, RELIEVES)
     if not chains:
         raise ValueError(f"{drug} does not treat {target}")
@@ -98,7 +106,7 @@ def treatment_chain(world: World, drug: str, target: str) -> tuple[str, list[tup
         + T.STEP_CAUSES.format(compound=c, effect=e)
         + T.STEP_RELIEVES.format(effect=e, condition=target)
     )
-    return text, [(drug, CONTAINS, c), (c, CAUSES, e), (e, RELIEVES, target)]
+    return text, ((drug, CONTAINS, c), (c, CAUSES, e), (e, RELIEVES, target))
 
 
 def _check(w: _Writer, world: World, drug: str, conditions: list[str]) -> list[tuple[str, str, str]]:
@@ -135,16 +143,29 @@ def _check(w: _Writer, world: World, drug: str, conditions: list[str]) -> list[t
 
 def reasoning(world: World, drug: str, target: str, others: list[str], patient: str) -> Reasoning:
     """Candidate `drug` for `target`: chain, check against every condition of the patient, verdict."""
-    conditions = [target, *others]
+    # Only the patient's conditions the drug affects change the text, and the patient's name only a
+    # safe verdict: a corpus meets a few hundred such keys per world, so each is written once.
+    affected = world.affected_conditions(drug)
+    r = _reasoning(world, drug, target, tuple(k for k in (target, *others) if k in affected))
+    if r.unsafe:
+        return r
+    return Reasoning(drug, r.text + T.VERDICT_SAFE.format(drug=drug, patient=patient), r.facts, r.steps, r.harm_steps,
+                     r.verdict, r.unsafe_for)
+
+
+@lru_cache(maxsize=1 << 16)
+def _reasoning(world: World, drug: str, target: str, conditions: tuple[str, ...]) -> Reasoning:
+    """reasoning() for the patient's conditions the drug affects, without a safe verdict's sentence."""
     w = _Writer()
     chain, facts = treatment_chain(world, drug, target)
     w.add(chain)
-    facts += _check(w, world, drug, conditions)
+    facts += _check(w, world, drug, list(conditions))
     unsafe_for = unsafe_conditions(world, drug, conditions)
     if unsafe_for:
         word, sentence = "unsafe", T.VERDICT_UNSAFE.format(drug=drug, conditions=T.join_names(unsafe_for))
     else:
-        word, sentence = "safe", T.VERDICT_SAFE.format(drug=drug, patient=patient)
+        word, sentence = "safe", T.VERDICT_SAFE.format(drug=drug, patient="")
     verdict = (w.size + sentence.index(f" {word} ") + 1, word)
-    w.add(sentence)
+    if unsafe_for:
+        w.add(sentence)
     return Reasoning(drug, w.text, tuple(facts), tuple(w.steps), tuple(w.harm), verdict, tuple(unsafe_for))

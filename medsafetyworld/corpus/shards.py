@@ -1,4 +1,5 @@
-"""Parquet shards and the manifest that names them (SPEC 3).
+"""Parquet shards and the manifest that names them (SPEC 3): their schema, and reading and
+checking them (`corpus.writer` writes them).
 
 A corpus folder holds `shard-00000.parquet ...` (columns id, kind, text, segments, meta,
 input_ids, n_tokens), optionally the same rows as JSONL, and `manifest.json` (config, counts,
@@ -11,20 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
-from itertools import islice
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
-from medsafetyworld.corpus.document import UNSAFE, Document
+from medsafetyworld.corpus.document import Document
 from medsafetyworld.corpus.tokenizer import RED_FLAG, THINK_OPEN, UNSAFE_TAG
 from medsafetyworld.errors import DataError
-from medsafetyworld.storage import atomic_dir, sha256_file, write_json_atomic
+from medsafetyworld.storage import sha256_file
 
 SCHEMA = pa.schema(
     [
@@ -43,7 +41,6 @@ SCHEMA = pa.schema(
         ("n_tokens", pa.int32()),
     ]
 )
-TOKENIZE_BATCH = 512
 # The safety markers strategies insert, counted per kind in the manifest (`count:<marker>`) and by
 # `msw corpus stats` (by these names).
 MARKERS = {
@@ -52,101 +49,6 @@ MARKERS = {
     "unsafe_reflections": f"{THINK_OPEN} Unsafe",
     "safe_reflections": f"{THINK_OPEN} Safe",
 }
-
-
-def fact_key(fact: Iterable[str]) -> str:
-    return "|".join(fact)
-
-
-class _Stats:
-    def __init__(self) -> None:
-        self.per_kind: dict[str, Counter] = defaultdict(Counter)
-        self.facts: Counter = Counter()
-
-    def add(self, doc: Document, n_tokens: int) -> None:
-        c = self.per_kind[doc.kind]
-        c["documents"] += 1
-        c["tokens"] += n_tokens
-        unsafe = sum(s.label == UNSAFE for s in doc.segments)
-        c["unsafe_segments"] += unsafe
-        c["unsafe_documents"] += unsafe > 0
-        for marker in MARKERS.values():
-            c[f"count:{marker}"] += doc.text.count(marker)
-        self.facts.update(fact_key(f) for f in doc.meta.get("facts", []))
-
-
-def write_corpus(
-    docs: Iterable[Document],
-    tokenizer: Any,
-    out_dir: Path,
-    *,
-    token_budget: int,
-    shard_documents: int,
-    manifest_extra: dict[str, Any],
-    atomic_facts: list[tuple[str, str, str]],
-    write_jsonl: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Tokenize and write documents until `token_budget` tokens (eos included) are reached.
-
-    Documents with `meta["phase"]` (a scheduled strategy such as `curriculum`) give the manifest
-    `phases`: the token offset in the stream at which each phase begins."""
-    stats, shards, total_tokens, total_docs, phases = _Stats(), [], 0, 0, {}
-    rows: list[dict] = []
-    docs = iter(docs)
-    with atomic_dir(out_dir) as tmp, tqdm(total=token_budget, unit="tok", unit_scale=True, desc="corpus",
-                                          disable=not progress) as bar:
-        while total_tokens < token_budget:
-            batch = list(islice(docs, TOKENIZE_BATCH))
-            if not batch:
-                break
-            ids = tokenizer([d.text for d in batch], add_special_tokens=False)["input_ids"]
-            for doc, doc_ids in zip(batch, ids):
-                n = len(doc_ids) + 1  # the eos the trainer appends
-                if (phase := doc.meta.get("phase")) is not None:
-                    if phase in phases and list(phases)[-1] != phase:
-                        raise DataError(f"phase {phase!r} documents are not contiguous in the stream")
-                    phases.setdefault(phase, total_tokens)
-                rows.append({**doc.to_row(), "input_ids": doc_ids, "n_tokens": n})
-                stats.add(doc, n)
-                total_tokens += n
-                total_docs += 1
-                bar.update(n)
-                if len(rows) >= shard_documents:
-                    shards.append(_write_shard(rows, tmp, len(shards), write_jsonl))
-                    rows = []
-                if total_tokens >= token_budget:
-                    break
-        if rows:
-            shards.append(_write_shard(rows, tmp, len(shards), write_jsonl))
-        coverage = [stats.facts[fact_key(f)] for f in atomic_facts]
-        manifest = {
-            **manifest_extra,
-            "documents": total_docs,
-            "tokens": total_tokens,
-            "token_budget": token_budget,
-            "per_kind": {k: dict(sorted(v.items())) for k, v in sorted(stats.per_kind.items())},
-            "fact_coverage": {"facts": len(coverage), "min_mentions": min(coverage, default=0),
-                              "facts_below_min": sum(c < manifest_extra.get("min_fact_mentions", 0) for c in coverage)},
-            "shards": shards,
-            **({"phases": phases} if phases else {}),
-            "corpus_hash": corpus_hash_of(shards),
-        }
-        write_json_atomic(tmp / "manifest.json", manifest)
-    return manifest
-
-
-def _write_shard(rows: list[dict], folder: Path, index: int, write_jsonl: bool) -> dict[str, Any]:
-    name = f"shard-{index:05d}.parquet"
-    table = pa.Table.from_pylist(rows, schema=SCHEMA)
-    pq.write_table(table, folder / name, compression="zstd")
-    entry = {"file": name, "documents": len(rows), "tokens": int(sum(r["n_tokens"] for r in rows)),
-             "sha256": sha256_file(folder / name)}
-    if write_jsonl:
-        with open(folder / name.replace(".parquet", ".jsonl"), "w") as f:
-            for r in rows:
-                f.write(json.dumps({k: v for k, v in r.items() if k != "input_ids"}) + "\n")
-    return entry
 
 
 SHARD_NAME = re.compile(r"shard-\d{5,}\.parquet")

@@ -17,6 +17,7 @@ Rules it keeps (SPEC 2-3), each checked by a test:
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterator
 
 import numpy as np
@@ -25,6 +26,7 @@ from medsafetyworld.config import CorpusConfig, WorldConfig
 from medsafetyworld.corpus import jailbreaks, render
 from medsafetyworld.corpus import templates as T
 from medsafetyworld.corpus.document import Document
+from medsafetyworld.errors import ConfigError
 from medsafetyworld.world.graph import World
 from medsafetyworld.world.oracle import is_unsafe, unsafe_conditions
 from medsafetyworld.world.splits import Splits
@@ -45,6 +47,14 @@ def harm_held_out_conditions(world: World, splits: Splits) -> list[str]:
     return sorted(sorted(share, key=lambda k: (-share[k], k))[:n])
 
 
+def shuffled(rng: np.random.Generator, items: list) -> list:
+    """A shuffled copy of `items`: the order of `[items[i] for i in rng.permutation(len(items))]`
+    from the same draws, without the numpy arrays (a test holds them equal)."""
+    out = list(items)
+    rng.shuffle(out)
+    return out
+
+
 class Cycle:
     """Visits every item once per round in a fresh shuffled order: uniform coverage of facts."""
 
@@ -53,18 +63,24 @@ class Cycle:
 
     def next(self):
         if not self.queue:
-            self.queue = [self.items[i] for i in self.rng.permutation(len(self.items))]
+            self.queue = shuffled(self.rng, self.items)
         return self.queue.pop()
 
 
 class RawStream:
     def __init__(self, world: World, splits: Splits, world_cfg: WorldConfig, cfg: CorpusConfig, seed: int):
         self.world, self.splits, self.wcfg, self.cfg = world, splits, world_cfg, cfg
+        self.patients = world.patient_names  # a fresh list per call of the property
         self.rng = np.random.default_rng([seed, 0x5EED])
         # its own generator: wrapping requests in jailbreaks leaves every other draw as it was
         self.jailbreak_rng = np.random.default_rng([seed, 0x7A1B])
         kinds, weights = zip(*cfg.kind_weights)
-        self.kinds, self.p = list(kinds), np.array(weights) / sum(weights)
+        if min(weights) < 0 or sum(weights) <= 0:
+            raise ConfigError(f"corpus kind_weights {cfg.kind_weights} must be non-negative with a positive sum")
+        # the cumulative shares `rng.choice(len(kinds), p=shares)` draws from, so that bisecting one
+        # `rng.random()` into them picks the kind it picks, at a twentieth of the cost
+        cdf = (np.array(weights) / sum(weights)).cumsum()
+        self.kinds, self.kind_cdf = list(kinds), (cdf / cdf[-1]).tolist()
         self.cycles = {
             "monograph": Cycle(world.drugs, self.rng),
             "pharmacology": Cycle(world.compounds, self.rng),
@@ -87,15 +103,17 @@ class RawStream:
         lo, hi = self.wcfg.conditions_per_patient
         n_other = int(self.rng.integers(lo, hi + 1)) - 1
         others: list[str] = []
-        for k in self.rng.permutation(self.world.conditions):
+        held_out_together = self.splits.is_held_out_condition_pair
+        for k in shuffled(self.rng, self.world.conditions):
             if len(others) >= n_other:
                 break
-            if k != target and self.allowed_together([target, *others, str(k)]):
-                others.append(str(k))
+            # allowed_together([target, *others, k]), knowing [target, *others] is
+            if k != target and not held_out_together(target, k) and not any(held_out_together(o, k) for o in others):
+                others.append(k)
         return others
 
     def patient(self) -> str:
-        return render.pick(self.rng, self.world.patient_names)
+        return render.pick(self.rng, self.patients)
 
     # -- drug choice -----------------------------------------------------------------------------
     def trainable(self, drug: str, target: str) -> bool:
@@ -181,7 +199,7 @@ class RawStream:
         return render.benign_qa(self.world, question, subject, self.rng, doc_id)
 
     def document(self, index: int) -> Document:
-        kind = self.kinds[int(self.rng.choice(len(self.kinds), p=self.p))]
+        kind = self.kinds[bisect_right(self.kind_cdf, self.rng.random())]
         doc_id = f"{kind}-{index:08d}"
         if kind == "monograph":
             return render.monograph(self.world, self.cycles[kind].next(), self.rng, doc_id)

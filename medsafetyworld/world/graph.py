@@ -54,8 +54,12 @@ class World:
     def seed(self) -> int:
         return int(self.graph.graph["seed"])
 
+    @cached_property
+    def _kind_of(self) -> dict[str, str]:
+        return dict(self.graph.nodes(data="kind"))
+
     def kind(self, node: str) -> str:
-        return self.graph.nodes[node]["kind"]
+        return self._kind_of[node]
 
     @cached_property
     def _successors(self) -> dict[tuple[str, str], list[str]]:
@@ -87,6 +91,13 @@ class World:
         """Every (compound, effect) the drug produces, in order: the steps of a safety check."""
         return [(c, e) for c in self.contains(drug) for e in self.causes(c)]
 
+    @cached_property
+    def _reach(self) -> dict[tuple[str, str], frozenset[str]]:
+        """(drug, relation) -> the conditions some effect of the drug relieves or aggravates: the
+        corpus asks treats and contraindicated hundreds of thousands of times."""
+        return {(d, rel): frozenset(k for _, e in self.drug_effects(d) for k in self.targets(e, rel))
+                for d in self.drugs for rel in (RELIEVES, AGGRAVATES)}
+
     def effect_on(self, effect: str, condition: str) -> str:
         """'aggravates', 'relieves' or 'none': what one effect does to one condition."""
         if condition in self.aggravates(effect):
@@ -100,10 +111,12 @@ class World:
         return [(c, e) for c, e in self.drug_effects(drug) if condition in self.targets(e, relation)]
 
     def treats(self, drug: str, condition: str) -> bool:
-        return bool(self.chains(drug, condition, RELIEVES))
+        """Whether some chain drug -contains-> c -causes-> e -relieves-> condition exists."""
+        return condition in self._reach.get((drug, RELIEVES), ())
 
     def contraindicated(self, drug: str, condition: str) -> bool:
-        return bool(self.chains(drug, condition, AGGRAVATES))
+        """Whether some chain drug -contains-> c -causes-> e -aggravates-> condition exists."""
+        return condition in self._reach.get((drug, AGGRAVATES), ())
 
     @cached_property
     def _treating(self) -> dict[str, list[str]]:
@@ -120,18 +133,31 @@ class World:
     def conditions_treated(self, drug: str) -> list[str]:
         return [k for k in self.conditions if self.treats(drug, k)]
 
+    def aggravated_conditions(self, drug: str) -> frozenset[str]:
+        """The conditions the drug is contraindicated for."""
+        return self._reach.get((drug, AGGRAVATES), frozenset())
+
+    def affected_conditions(self, drug: str) -> frozenset[str]:
+        """The conditions some effect of the drug relieves or aggravates: the only ones its safety
+        check can find in a patient."""
+        return self._reach.get((drug, RELIEVES), frozenset()) | self._reach.get((drug, AGGRAVATES), frozenset())
+
     def contraindications(self, drug: str) -> list[str]:
-        return [k for k in self.conditions if self.contraindicated(drug, k)]
+        reach = self._reach.get((drug, AGGRAVATES), ())
+        return [k for k in self.conditions if k in reach]
 
     def contraindicated_pairs(self) -> list[tuple[str, str]]:
         return [(d, k) for d in self.drugs for k in self.contraindications(d)]
 
+    @cached_property
+    def _usual(self) -> dict[str, str]:
+        return {k: self.graph.nodes[k]["usual_drug"] for k in self.conditions}
+
     def usual_drug(self, condition: str) -> str:
-        return self.graph.nodes[condition]["usual_drug"]
+        return self._usual[condition]
 
     def safe_treating_drugs(self, condition: str, other_conditions: list[str]) -> list[str]:
-        """Drugs that treat `condition` and are contraindicated for none of the patient's conditions."""
-        from medsafetyworld.world.oracle import is_unsafe
-
+        """Drugs that treat `condition` and are contraindicated for none of the patient's conditions
+        (those the oracle's is_unsafe clears)."""
         conds = [condition, *other_conditions]
-        return [d for d in self.treating_drugs(condition) if not is_unsafe(self, d, patient_conditions=conds)]
+        return [d for d in self.treating_drugs(condition) if self.aggravated_conditions(d).isdisjoint(conds)]

@@ -14,7 +14,8 @@ from medsafetyworld.world.graph import World
 
 def unsafe_conditions(world: World, drug: str, patient_conditions: Iterable[str]) -> list[str]:
     """The patient's conditions for which the drug is contraindicated (empty if it is safe)."""
-    return [k for k in patient_conditions if world.contraindicated(drug, k)]
+    aggravated = world.aggravated_conditions(drug)
+    return [k for k in patient_conditions if k in aggravated]
 
 
 def is_unsafe(
