@@ -256,7 +256,7 @@ def attack_policy(
     record = load_record(record_dir / "record.json")
     record["attacks"] = {**record.get("attacks", {}), **entries}
     save_record(record, record_dir / "record.json")
-    return record
+    return load_record(record_dir / "record.json")  # brings a cached attack's metrics up to date
 
 
 def probe_policy(record_dir: Path, model_dir: Path, world_dir: Path, preset: Preset, *, key: str, seed: int) -> dict:

@@ -8,6 +8,7 @@ from typing import Any
 
 from medsafetyworld.attacks.base import Attack, AttackContext
 from medsafetyworld.evaluation.evaluate import evaluate
+from medsafetyworld.evaluation.metrics import METRICS_VERSION
 from medsafetyworld.evaluation.probes import build_probes
 from medsafetyworld.storage import path_safe, sha256_file, write_json_atomic
 
@@ -30,6 +31,7 @@ def run_attack(attack: Attack, ctx: AttackContext) -> dict[str, Any]:
         "attack": attack.name,
         "params": attack.params(),
         "metrics": {k: v.to_dict() for k, v in metrics.items()},
+        "metrics_version": METRICS_VERSION,
         "probes_file": {"path": path.name, "sha256": sha256_file(path)},
     }
     if (details := attack.details()) is not None:

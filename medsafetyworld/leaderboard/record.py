@@ -26,7 +26,7 @@ import jsonschema
 import medsafetyworld
 from medsafetyworld.storage import sha256_file, write_atomic as atomic_write  # noqa: F401 (re-exported)
 from medsafetyworld.errors import DataError
-from medsafetyworld.evaluation.metrics import METRIC_NAMES, MetricValue, compute_metrics
+from medsafetyworld.evaluation.metrics import METRIC_NAMES, METRICS_VERSION, MetricValue, compute_metrics, stale_metrics
 from medsafetyworld.evaluation.scoring import SCORING_VERSION
 
 TRACKS = ("intervention", "model")
@@ -125,6 +125,7 @@ def build_record(
     record: dict[str, Any] = {
         "benchmark_version": medsafetyworld.BENCHMARK_VERSION,
         "scoring_version": SCORING_VERSION,
+        "metrics_version": METRICS_VERSION,
         "package_version": medsafetyworld.__version__,
         "track": track,
         "policy_kind": policy_kind,
@@ -270,26 +271,30 @@ def _check_probes_paths(record: Any, path: Path) -> None:
             probes_file_path(path, entry["probes_file"], where=f"attacks.{label}.probes_file")
 
 
-def _add_missing_metrics(record: dict[str, Any], path: Path, missing: list[str]) -> None:
-    """Fill metrics that joined METRICS after the record was written (e.g. flag_recall, flag_fpr)
-    from its per-probe file, which sits next to it and whose sha256 it records.
+def _recompute_metrics(record: dict[str, Any], path: Path, part: dict[str, Any], names: list[str], why: str,
+                       where: str = "probes_file") -> None:
+    """Recompute `names` in `part` (the record itself or one of its attack entries) from the part's
+    per-probe file, which sits in the record's folder and whose sha256 the part records: metrics
+    that joined METRICS after the record was written, or whose definition changed since
+    (evaluation.metrics.REDEFINED).
 
     Value and n are exactly what a fresh evaluation of the same probes gives; the interval uses the
     record's bootstrap_samples and its seed as bootstrap seed (the probe seed is not recorded, so
-    the interval may differ from a fresh run's by resampling noise). The record says so in
-    extra.metrics_recomputed_on_load. Nothing is written back to disk.
+    the interval may differ from a fresh run's by resampling noise). The part says so in
+    extra.metrics_recomputed_on_load (the record's) or metrics_recomputed_on_load (an attack's).
+    Nothing is written back to disk here.
     """
-    probes_file = record.get("probes_file")
+    probes_file = part.get("probes_file")
     rerun = (
         f"re-run the evaluation that wrote it (`msw evaluate`, or delete {path.parent / '.stage.json'} "
         "so `msw run` evaluates again)"
     )
-    what = f"results record {path} predates metrics {', '.join(missing)}"
+    what = f"results record {path}{'' if where == 'probes_file' else f' ({where})'} {why} {', '.join(names)}"
     if not (isinstance(probes_file, dict) and isinstance(probes_file.get("path"), str)):
         raise DataError(f"{what} and names no per-probe file to recompute them from; {rerun}")
-    probes = probes_file_path(path, probes_file)
-    if (why := probes_file_problem(probes, probes_file.get("sha256"))) is not None:
-        raise DataError(f"{what} and its per-probe file {probes} {why}, so they cannot be recomputed; {rerun}")
+    probes = probes_file_path(path, probes_file, where=where)
+    if (problem := probes_file_problem(probes, probes_file.get("sha256"))) is not None:
+        raise DataError(f"{what} and its per-probe file {probes} {problem}, so they cannot be recomputed; {rerun}")
     import pandas as pd
 
     eval_cfg = record.get("config", {}).get("eval", {}) if isinstance(record.get("config"), dict) else {}
@@ -299,14 +304,47 @@ def _add_missing_metrics(record: dict[str, Any], path: Path, missing: list[str])
         table = pd.read_parquet(probes)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
         raise DataError(f"{what} and its per-probe file {probes} cannot be read ({e}); {rerun}") from None
-    computed = compute_metrics(table, n_boot=n_boot, seed=seed)
-    for name in missing:
-        record["metrics"][name] = computed[name].to_dict()
-    if isinstance(record.setdefault("extra", {}), dict):
-        record["extra"]["metrics_recomputed_on_load"] = {
-            "metrics": missing, "probes_file": probes_file["path"], "bootstrap_samples": n_boot,
-            "bootstrap_seed": seed,
-        }
+    computed = compute_metrics(table, n_boot=n_boot, seed=seed, names=names)
+    for name in names:
+        part["metrics"][name] = computed[name].to_dict()
+    note = {"metrics": names, "probes_file": probes_file["path"], "bootstrap_samples": n_boot, "bootstrap_seed": seed}
+    if part is record:
+        if isinstance(record.setdefault("extra", {}), dict):
+            record["extra"]["metrics_recomputed_on_load"] = note
+    else:
+        part["metrics_recomputed_on_load"] = note
+
+
+def bring_metrics_up_to_date(record: dict[str, Any], path: Path) -> None:
+    """Give the record, and each of its attack entries, the metrics of this metrics version: those
+    missing from the record and those redefined since a part's metrics_version (absent: 1) are
+    recomputed from the part's per-probe file (_recompute_metrics); the parts then carry
+    METRICS_VERSION. The record's own file must allow it (DataError otherwise); an attack entry whose
+    file does not stays as it was. A version that is not an integer is left for the schema to report."""
+    attacks = record.get("attacks") if isinstance(record.get("attacks"), dict) else {}
+    parts = [("probes_file", record)] + [
+        (f"attacks.{label}.probes_file", entry) for label, entry in attacks.items()
+        if isinstance(entry, dict) and isinstance(entry.get("metrics"), dict)
+    ]
+    for where, part in parts:
+        version = part.get("metrics_version", 1)
+        if not isinstance(version, int) or isinstance(version, bool):
+            continue
+        # an attack may evaluate a subset of the probe families: it recomputes only what it holds
+        stale = [n for n in stale_metrics(version) if part is record or n in part["metrics"]]
+        if part is record and (missing := [n for n in METRIC_NAMES if n not in part["metrics"]]):
+            names = [n for n in METRIC_NAMES if n in {*missing, *stale}]
+            _recompute_metrics(record, path, part, names, "predates metrics", where)
+        elif stale:
+            try:
+                _recompute_metrics(record, path, part, stale, f"was scored with metric definitions version {version}; "
+                                   f"version {METRICS_VERSION} redefined", where)
+            except DataError:
+                if part is record:
+                    raise
+                continue  # its per-probe file is gone or changed: the entry stays as it was, unversioned,
+                # and verification (leaderboard/verify.py) leaves it out as it would any such entry
+        part["metrics_version"] = max(version, METRICS_VERSION)
 
 
 def load_record(path: Path | str) -> dict[str, Any]:
@@ -332,9 +370,7 @@ def load_record(path: Path | str) -> dict[str, Any]:
         ) from None
     _check_probes_paths(record, path)
     if isinstance(record, dict) and isinstance(record.get("metrics"), dict):
-        missing = [name for name in METRIC_NAMES if name not in record["metrics"]]
-        if missing:
-            _add_missing_metrics(record, path, missing)
+        bring_metrics_up_to_date(record, path)
     validate_record(record, source=str(path))
     return record
 

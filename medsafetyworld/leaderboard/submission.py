@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 import medsafetyworld
 from medsafetyworld.errors import DataError
-from medsafetyworld.leaderboard.record import load_record, validate_record
+from medsafetyworld.leaderboard.record import bring_metrics_up_to_date, load_record, validate_record
 from medsafetyworld.storage import atomic_dir, sha256_file, write_json_atomic
 
 FORMAT = 1
@@ -292,6 +292,8 @@ def _check_record(folder: Path, info: Mapping[str, Any], on_disk: set[str]) -> d
     record = read_json(folder / RECORD, RECORD)
     try:
         validate_record(record, source=RECORD)
+        if isinstance(record.get("metrics"), dict):  # metrics redefined since its metrics_version: recomputed
+            bring_metrics_up_to_date(record, folder / RECORD)
     except DataError as e:
         raise Rejected(str(e)) from None
     for field in ("benchmark_version", "preset", "track"):
