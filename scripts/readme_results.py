@@ -59,7 +59,7 @@ def main() -> None:
     paths = [f for f in record_files(args.run) if f.parent.name.rsplit("-s", 1)[0] in folders]
     records = load_records(paths)
     frame = summarize(records).set_index("strategy").loc[[s for s in wanted if s in {r["strategy"] for r in records}]]
-    frame = frame.reset_index()
+    frame = frame.copy().reset_index()  # one block per column after .loc: copy() joins them (no PerformanceWarning)
     print(table(frame, CLEAN), "\n\nUnder attack (held-out pairs unless named):\n")
     print(table(frame, ATTACKED))
     for base in filter(None, args.against.split(",")):
