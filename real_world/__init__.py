@@ -13,4 +13,5 @@ nothing in `medsafetyworld` imports it. Its commands reach `msw` through the ent
 - `interventions`: the package's own strategies (filter, tag, reflect, ...) on labeled web documents.
 - `rewriter`: rewrite, refusal and moral on web text through the LLM (`llm_strategy`).
 - `pipeline`: reader, labeler, strategy, tokenizer and writer as datatrove steps; the corpus `msw train` reads.
+- `executors`: which datatrove executor runs them (local, Slurm, Ray).
 """

@@ -1,5 +1,6 @@
 """The real-web pipeline on datatrove (0.10.x): reader, labeler, strategy, tokenizer and writer as
-pipeline steps under `LocalPipelineExecutor` (workers = cores by default).
+pipeline steps under a datatrove executor (`executors`: local processes, workers = cores, by default;
+Slurm or Ray when asked).
 
 Output folder:
   OUT/corpus/   shard-RRRRR.parquet (one a task, the schema `msw train` reads) and manifest.json,
@@ -8,10 +9,12 @@ Output folder:
                 LLM judge's requests and cache hits) and RRRRR-rewrite_failed.jsonl, the id and reason of each
                 document an LLM rewrite failed on (left out of the corpus)
   OUT/logs/     datatrove's logging folder; logs/completions/RRRRR marks a finished task
+  OUT/run.json  the run's settings, what `finalize` needs to write the manifest later
 
 A rerun of the same command skips finished tasks (datatrove's completion markers) and redoes only
-the others; a task writes its shard to a temporary file and renames it at its end, so a killed task
-leaves no half shard. Documents are read by file: task r reads files r, r + tasks, ...
+the others, on any executor (`executors`); a rerun with other settings into the same OUT is refused.
+A task writes its shard to a temporary file and renames it at its end, so a killed task leaves no
+half shard. Documents are read by file: task r reads files r, r + tasks, ...
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
@@ -31,6 +35,7 @@ from medsafetyworld.corpus.shards import MARKERS, SCHEMA, corpus_hash_of
 from medsafetyworld.errors import ConfigError, DataError
 from medsafetyworld.storage import sha256_file, write_atomic, write_json_atomic
 
+from .executors import ExecutorOptions, check_options, make_executor
 from .fineweb import parquet_files
 from .interventions import apply_strategy, real_text_strategy
 from .labelers import label_documents
@@ -38,19 +43,18 @@ from .rewriter import FLAGS, RewriteFailed
 
 try:
     from datatrove.data import Document as DTDocument
-    from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.base import PipelineStep
     from datatrove.pipeline.readers import ParquetReader
 except ImportError:  # the optional extra is not installed
     PipelineStep = object
     ParquetReader = object
-    LocalPipelineExecutor = DTDocument = None
+    DTDocument = None
 
 INSTALL_HINT = "the real-web pipeline needs datatrove: pip install 'medsafetyworld[real-world]'"
 
 
 def _need_datatrove() -> None:
-    if LocalPipelineExecutor is None:
+    if DTDocument is None:
         raise ConfigError(INSTALL_HINT)
 
 
@@ -207,6 +211,8 @@ class CorpusWriter(PipelineStep):
             self.stat_update("written")
         folder = Path(self.out) / "corpus"
         folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(f".tmp-shard-{rank:05d}-*.parquet"):  # a killed run's; one task per rank runs
+            stale.unlink(missing_ok=True)
         final = folder / f"shard-{rank:05d}.parquet"
         tmp = folder / f".tmp-shard-{rank:05d}-{os.getpid()}.parquet"
         pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp, compression="zstd")
@@ -217,52 +223,104 @@ class CorpusWriter(PipelineStep):
             yield
 
 
+def _absolute(path) -> str:
+    """A local path made absolute (tasks may run in another folder, on another node); a URL kept."""
+    return str(path) if "://" in str(path) else str(Path(path).resolve())
+
+
 def build_steps(input_dir, out, labeler, strategy, tokenizer_dir, *, limit=None, tasks=1, seed=0):
     _need_datatrove()
-    out = str(out)
+    out = _absolute(out)
     return [
-        FineWebReader(str(input_dir), total_limit=limit, tasks=tasks),
+        FineWebReader(_absolute(input_dir), total_limit=limit, tasks=tasks),
         LabelStep(labeler, out),
         StrategyStep(strategy, seed, out),
-        TokenizeStep(str(tokenizer_dir)),
+        TokenizeStep(_absolute(tokenizer_dir)),
         CorpusWriter(out),
     ]
 
 
 def run_real_world(input_dir, out, labeler, strategy="raw", *, world=None, tokenizer=None,
                    limit: int | None = None, tasks: int | None = None, workers: int | None = None,
-                   seed: int = 0, labeler_spec: str | None = None) -> dict:
+                   seed: int = 0, labeler_spec: str | None = None, executor: ExecutorOptions | None = None) -> dict:
     """Run the pipeline (resuming finished tasks) and write the corpus manifest; returns it.
-    `strategy`: a spec (raw, filter, tag, reflect) or a Strategy, e.g. `rewriter.llm_strategy(...)`."""
+    `strategy`: a spec (raw, filter, tag, reflect) or a Strategy, e.g. `rewriter.llm_strategy(...)`.
+    `executor`: local (default), Slurm or Ray (`executors.ExecutorOptions`; its `workers` wins over
+    `workers`). Slurm returns once the jobs are queued, with {"slurm_job": id, "tasks": n, "pending": k}
+    instead of the manifest; `finalize(out)` writes the manifest when they are done."""
     _need_datatrove()
+    options = executor or ExecutorOptions(workers=workers)
+    if options.workers is None and workers is not None:
+        options = replace(options, workers=workers)
+    check_options(options)
     if (world is None) == (tokenizer is None):
         raise ConfigError("pass exactly one of --world (its tokenizer; `msw train --world` then trains on the "
                           "corpus) or --tokenizer (a tokenizer folder)")
     tokenizer_dir = Path(world) / "tokenizer" if world is not None else Path(tokenizer)
     load_any_tokenizer(str(tokenizer_dir))  # a bad folder fails here, once
     strategy_obj = real_text_strategy(strategy)
-    files = parquet_files(input_dir)
-    tasks = tasks or len(files)
-    workers = workers or min(os.cpu_count() or 1, tasks)
+    if tasks is None and "://" in str(input_dir):
+        raise ConfigError(f"{input_dir} is read remotely, so its files are not counted ahead: pass --tasks N")
+    tasks = tasks or len(parquet_files(input_dir))
+    if options.kind == "local" and options.workers is None:
+        options = replace(options, workers=min(os.cpu_count() or 1, tasks))
     out = Path(out)
+    extra = {"source": str(input_dir), "labeler": labeler_spec or labeler.name, "labeler_params": labeler.params(),
+             "threshold": labeler.threshold, "limit": limit, "tokenizer": str(tokenizer_dir)}
+    settings = {"source": _absolute(input_dir), "limit": limit, "tasks": tasks, "labeler": extra["labeler"],
+                "threshold": labeler.threshold, "words": labeler.words, "strategy": strategy_obj.label, "seed": seed,
+                "tokenizer": _absolute(tokenizer_dir), "world": None if world is None else _absolute(world)}
+    _record_run(out, settings, strategy_obj, extra, options.kind)
     (out / "corpus" / "manifest.json").unlink(missing_ok=True)  # written again once every task is done
     steps = build_steps(input_dir, out, labeler, strategy, tokenizer_dir, limit=limit, tasks=tasks, seed=seed)
-    executor = LocalPipelineExecutor(pipeline=steps, tasks=tasks, workers=workers, logging_dir=str(out / "logs"),
-                                     skip_completed=True)
-    executor.run()
-    return finalize(out, tasks, world=world, strategy=strategy_obj, seed=seed,
-                    extra={"source": str(input_dir), "labeler": labeler_spec or labeler.name,
-                           "labeler_params": labeler.params(), "threshold": labeler.threshold, "limit": limit,
-                           "tokenizer": str(tokenizer_dir)})
+    runner = make_executor(steps, tasks, _absolute(out / "logs"), options)
+    runner.run()
+    if not options.waits and (pending := unfinished_tasks(out, tasks)):
+        return {"slurm_job": str(runner.job_id), "tasks": tasks, "pending": len(pending)}
+    return finalize(out)
 
 
-def finalize(out: Path, tasks: int, *, world=None, strategy=None, seed=0, extra=None) -> dict:
-    """OUT/corpus/manifest.json from every task's shard and counts (DataError when a task is not done)."""
+def _record_run(out: Path, settings: dict, strategy, extra: dict, executor: str) -> None:
+    """OUT/run.json, after checking that a run already in OUT had the same settings (its finished
+    tasks are kept, so other settings would mix two corpora)."""
+    path = out / "run.json"
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text())["settings"]
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{path} is not a run record; delete {out} (or pass a new --out) and run again") from None
+        if changed := [k for k in settings if before.get(k) != settings[k]]:
+            k = changed[0]
+            raise ConfigError(f"{out} holds a run with other settings ({k} was {before.get(k)!r}, now "
+                              f"{settings[k]!r}); rerun it with its own settings to finish it, or pass a new --out")
+    write_json_atomic(path, {"settings": settings, "extra": extra, "executor": executor,
+                             "strategy": {"strategy": strategy.name, "strategy_label": strategy.label,
+                                          "strategy_params": json.loads(json.dumps(strategy.params()))}})
+
+
+def unfinished_tasks(out: Path, tasks: int) -> list[int]:
+    """The ranks below `tasks` without a completion marker in OUT/logs/completions."""
+    done = {p.name for p in (Path(out) / "logs" / "completions").glob("*")}
+    return [r for r in range(tasks) if f"{r:05d}" not in done]
+
+
+def finalize(out: Path) -> dict:
+    """OUT/corpus/manifest.json from every task's shard and counts and OUT/run.json; returns it.
+    DataError naming the unfinished tasks when some are not done (`msw real-world finalize OUT`)."""
     out = Path(out)
-    done = {p.name for p in (out / "logs" / "completions").glob("*")}
-    if missing := [r for r in range(tasks) if f"{r:05d}" not in done]:
-        raise DataError(f"{len(missing)} of {tasks} tasks are not finished (first: {missing[0]}); rerun the "
-                        f"same command to finish them")
+    try:
+        run = json.loads((out / "run.json").read_text())
+        settings = run["settings"]
+        tasks = int(settings["tasks"])
+    except FileNotFoundError:
+        raise DataError(f"{out} holds no run.json; it is not the --out folder of `msw real-world run`") from None
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"{out / 'run.json'} is not a run record; run `msw real-world run` into a new --out") from None
+    if missing := unfinished_tasks(out, tasks):
+        shown = ", ".join(map(str, missing[:20])) + (", ..." if len(missing) > 20 else "")
+        raise DataError(f"{len(missing)} of {tasks} tasks are not finished (tasks {shown}); wait for jobs still "
+                        f"queued or running (squeue), or rerun the same `msw real-world run` command, which runs "
+                        f"only those")
     counts, per_kind, shards = Counter(), Counter(), []
     for rank in range(tasks):
         for step in ("label", "strategy", "writer"):
@@ -273,21 +331,10 @@ def finalize(out: Path, tasks: int, *, world=None, strategy=None, seed=0, extra=
         if not shard.is_file():
             raise DataError(f"task {rank} is marked done but {shard} is missing; delete "
                             f"{out / 'logs' / 'completions' / f'{rank:05d}'} and rerun to redo it")
-        table = pq.read_table(shard, columns=["text", "segments", "n_tokens"])
-        n_tokens = int(sum(table.column("n_tokens").to_pylist()))
-        shards.append({"file": shard.name, "documents": table.num_rows, "tokens": n_tokens,
-                       "sha256": sha256_file(shard)})
-        per_kind["documents"] += table.num_rows
-        per_kind["tokens"] += n_tokens
-        for text, segs in zip(table.column("text").to_pylist(), table.column("segments").to_pylist()):
-            unsafe = sum(s["label"] == UNSAFE for s in segs)
-            per_kind["unsafe_segments"] += unsafe
-            per_kind["unsafe_documents"] += unsafe > 0
-            for marker in MARKERS.values():
-                per_kind[f"count:{marker}"] += text.count(marker)
+        shards.append(_shard_entry(shard, per_kind))
     manifest = {
         "kind": "real_world",
-        **(extra or {}),
+        **run["extra"],
         "documents": per_kind["documents"],
         "tokens": per_kind["tokens"],
         "token_budget": per_kind["tokens"],
@@ -295,14 +342,27 @@ def finalize(out: Path, tasks: int, *, world=None, strategy=None, seed=0, extra=
         "counts": dict(sorted(counts.items())),
         "shards": shards,
         "corpus_hash": corpus_hash_of(shards),
-        "seed": seed,
+        "seed": settings["seed"],
+        **run["strategy"],
     }
-    if strategy is not None:
-        manifest |= {"strategy": strategy.name, "strategy_label": strategy.label,
-                     "strategy_params": json.loads(json.dumps(strategy.params()))}
-    if world is not None:
+    if settings["world"] is not None:
         from medsafetyworld.world.io import world_hash
 
-        manifest["world_hash"] = world_hash(world)
+        manifest["world_hash"] = world_hash(settings["world"])
     write_json_atomic(out / "corpus" / "manifest.json", manifest)
     return manifest
+
+
+def _shard_entry(shard: Path, per_kind: Counter) -> dict:
+    """The manifest's entry of one shard; adds its documents, tokens and markers to `per_kind`."""
+    table = pq.read_table(shard, columns=["text", "segments", "n_tokens"])
+    n_tokens = int(sum(table.column("n_tokens").to_pylist()))
+    per_kind["documents"] += table.num_rows
+    per_kind["tokens"] += n_tokens
+    for text, segs in zip(table.column("text").to_pylist(), table.column("segments").to_pylist()):
+        unsafe = sum(s["label"] == UNSAFE for s in segs)
+        per_kind["unsafe_segments"] += unsafe
+        per_kind["unsafe_documents"] += unsafe > 0
+        for marker in MARKERS.values():
+            per_kind[f"count:{marker}"] += text.count(marker)
+    return {"file": shard.name, "documents": table.num_rows, "tokens": n_tokens, "sha256": sha256_file(shard)}
