@@ -231,10 +231,12 @@ class KeywordLabeler(Labeler):
         return out
 
 
-def read_labeled_jsonl(path: str | Path) -> tuple[list[str], list[int], list[str | None]]:
+def read_labeled_jsonl(path: str | Path, purpose: str = "to train the tfidf labeler",
+                       ) -> tuple[list[str], list[int], list[str | None]]:
     """texts, unsafe (0/1) and categories of a JSONL of {"text", "label"[, "category"]}; label is
     "safe"/"unsafe", a bool, or a number: 0/1 when no number in the file exceeds 1, else a 0-5 score
-    (unsafe from 3). The file decides as a whole, so a score of 1 never reads as unsafe beside a 2."""
+    (unsafe from 3). The file decides as a whole, so a score of 1 never reads as unsafe beside a 2.
+    `purpose`: what the file is for, in the error when it lacks a class."""
     texts, labels, cats = [], [], []
     try:
         lines = Path(path).read_text("utf-8").splitlines()
@@ -260,7 +262,7 @@ def read_labeled_jsonl(path: str | Path) -> tuple[list[str], list[int], list[str
     scores = any(not isinstance(y, bool) and y > 1 for y in labels)
     ys = [int(y) if isinstance(y, bool) else int(y >= 3) if scores else int(y >= 1) for y in labels]
     if len(set(ys)) < 2:
-        raise DataError(f"{path} needs both safe and unsafe examples to train the tfidf labeler")
+        raise DataError(f"{path} needs both safe and unsafe examples {purpose}")
     return texts, ys, cats
 
 

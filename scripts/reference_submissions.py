@@ -2,7 +2,7 @@
 run, bundled as `msw submit` bundles them (JSON and zstd Parquet, no weights) and checked as the
 leaderboard checks them. Regenerate after a run with
 
-    python scripts/reference_submissions.py runs/tiny_v2 --out baselines/submissions
+    python scripts/reference_submissions.py runs/tiny_v2 --seeds 1 --out baselines/submissions
 
 then `msw leaderboard baselines/submissions --out runs/board` builds the board from them.
 """
@@ -22,9 +22,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="the --out folder of `msw run`")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seeds", default="", help="comma-separated training seeds to bundle (default: every seed)")
     args = p.parse_args()
+    seeds = {s.strip() for s in args.seeds.split(",") if s.strip()}
     results = sorted(d for d in (args.run / "results").iterdir()
-                     if d.is_dir() and not d.name.startswith("ref-") and (d / "record.json").is_file())
+                     if d.is_dir() and not d.name.startswith("ref-") and (d / "record.json").is_file()
+                     and (not seeds or d.name.rsplit("-s", 1)[-1] in seeds))
     if not results:
         raise SystemExit(f"no trained results under {args.run / 'results'}")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -149,15 +149,19 @@ def test_judge_malformed_reply_leaves_the_document_unlabeled(endpoint, extra, re
 def test_judge_cache_second_run_makes_no_request(server, endpoint, tmp_path):
     texts = [doc(i, unsafe=i % 2 == 0) for i in range(6)] + [doc(7, extra=SLOW)]
     segments = {t[a:b] for t in texts for a, b in labelers.segment_text(t, 20)}
+    answered = {seg for seg in segments if "SLOW" not in seg}  # the SLOW one times out
 
-    def asked_since(mark, among=segments):  # this test's requests only: an earlier test's may land late
-        return [r for r in server.requests[mark:] if any(seg in r["messages"][-1]["content"] for seg in among)]
+    def asked_since(mark, slow=False):
+        """This test's requests since `mark` (an earlier test's timed-out one may land late) about the
+        SLOW segment, or about the others."""
+        contents = [r["messages"][-1]["content"] for r in server.requests[mark:]]
+        return [c for c in contents if ("SLOW" in c) == slow and any(seg in c for seg in segments)]
 
     before = len(server.requests)
     first = labelers.label_documents(judge(endpoint, cache=tmp_path / "cache"), texts)
-    asked = len(asked_since(before))
+    assert {seg for seg in answered if any(seg in c for c in asked_since(before))} == answered
     assert first[-1]["label_status"] == "unlabeled"
-    assert len(list((tmp_path / "cache").rglob("*/*/*.json"))) == asked - 1  # the timeout is not cached
+    assert len(list((tmp_path / "cache").rglob("*/*/*.json"))) == len(answered)  # the timeout is not cached
     again = judge(endpoint, cache=tmp_path / "cache")
     mark = len(server.requests)
     second = labelers.label_documents(again, texts[:-1])
@@ -166,8 +170,7 @@ def test_judge_cache_second_run_makes_no_request(server, endpoint, tmp_path):
     assert second == first[:-1] and again.stats["judge_cache_hits"] == len(unique)
     mark = len(server.requests)
     labelers.label_documents(again, texts[-1:])
-    slow = [texts[-1][a:b] for a, b in labelers.segment_text(texts[-1], 20) if "SLOW" in texts[-1][a:b]]
-    assert len(asked_since(mark, slow)) == 1  # a failure is asked again; the rest of the document is cached
+    assert asked_since(mark, slow=True) and asked_since(mark) == []  # a failure is asked again, the rest cached
 
 
 def test_judge_verdicts_are_parsed_strictly():
