@@ -55,7 +55,8 @@ class Curriculum(Strategy):
         if self.budget is None:  # not rendered into a corpus (e.g. the SFT set): S's format only
             yield from self.inner(docs, rng)
             return
-        docs, need, seen = iter(docs), self.start * self.budget.tokens, 0
+        # global positions: a block of a blocked corpus has only its part of the safe phase
+        docs, need, seen = iter(docs), self.budget.until(self.start * self.budget.tokens), 0
         while seen < need:
             doc = next(docs, None)
             if doc is None:

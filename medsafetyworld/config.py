@@ -63,6 +63,11 @@ class CorpusConfig:
     )
     shard_documents: int = 20_000
     write_jsonl: bool = False
+    # None: one seeded stream for the whole budget (every published corpus). A number Q: the blocked
+    # stream (`corpus.blocks`), the budget cut into blocks of Q tokens, each rendered from its own
+    # seed, so that blocks render in parallel (`msw corpus --engine datatrove`). A different corpus,
+    # so it is in the stage key; left out of the config's dict while None, so existing hashes hold.
+    block_tokens: int | None = field(default=None, metadata={"omit_at_default": True})
 
 
 @dataclass(frozen=True)
@@ -217,9 +222,22 @@ def get_preset(name: str) -> Preset:
         ) from None
 
 
+def _plain(value: Any) -> Any:
+    """`dataclasses.asdict`, less the fields marked `omit_at_default` while they hold their default
+    (a knob added later leaves the dicts, and so the hashes, of configs without it as they were)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not (f.metadata.get("omit_at_default") and getattr(value, f.name) == f.default)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config dataclass (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    return json.loads(json.dumps(_plain(config)))
 
 
 def config_hash(*parts: Any) -> str:

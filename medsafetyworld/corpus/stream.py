@@ -68,12 +68,18 @@ class Cycle:
 
 
 class RawStream:
-    def __init__(self, world: World, splits: Splits, world_cfg: WorldConfig, cfg: CorpusConfig, seed: int):
+    """`block` None: the stream of a sequential corpus. A number b: block b of a blocked corpus
+    (`corpus.blocks`), its own stream, seeded by (seed, b), with fresh cycles and ids that name it."""
+
+    def __init__(self, world: World, splits: Splits, world_cfg: WorldConfig, cfg: CorpusConfig, seed: int,
+                 block: int | None = None):
         self.world, self.splits, self.wcfg, self.cfg = world, splits, world_cfg, cfg
         self.patients = world.patient_names  # a fresh list per call of the property
-        self.rng = np.random.default_rng([seed, 0x5EED])
+        tail = [] if block is None else [block]
+        self.id_prefix = "" if block is None else f"b{block:05d}-"
+        self.rng = np.random.default_rng([seed, 0x5EED, *tail])
         # its own generator: wrapping requests in jailbreaks leaves every other draw as it was
-        self.jailbreak_rng = np.random.default_rng([seed, 0x7A1B])
+        self.jailbreak_rng = np.random.default_rng([seed, 0x7A1B, *tail])
         kinds, weights = zip(*cfg.kind_weights)
         if min(weights) < 0 or sum(weights) <= 0:
             raise ConfigError(f"corpus kind_weights {cfg.kind_weights} must be non-negative with a positive sum")
@@ -200,7 +206,7 @@ class RawStream:
 
     def document(self, index: int) -> Document:
         kind = self.kinds[bisect_right(self.kind_cdf, self.rng.random())]
-        doc_id = f"{kind}-{index:08d}"
+        doc_id = f"{kind}-{self.id_prefix}{index:08d}"
         if kind == "monograph":
             return render.monograph(self.world, self.cycles[kind].next(), self.rng, doc_id)
         if kind == "pharmacology":
@@ -222,7 +228,7 @@ class RawStream:
 
 
 def raw_documents(
-    world: World, splits: Splits, world_cfg: WorldConfig, cfg: CorpusConfig, seed: int
+    world: World, splits: Splits, world_cfg: WorldConfig, cfg: CorpusConfig, seed: int, block: int | None = None
 ) -> Iterator[Document]:
-    """An endless, seeded stream of raw labeled documents."""
-    return iter(RawStream(world, splits, world_cfg, cfg, seed))
+    """An endless, seeded stream of raw labeled documents (of one block of a blocked corpus if `block`)."""
+    return iter(RawStream(world, splits, world_cfg, cfg, seed, block))

@@ -142,15 +142,6 @@ class _ShardRows:
         ]
         return pa.Table.from_arrays(columns, schema=SCHEMA)
 
-    def jsonl_rows(self) -> Iterator[dict[str, Any]]:
-        """The rows as Document.to_row writes them, with n_tokens."""
-        for i in range(len(self)):
-            segs = range(self.seg_offsets[i], self.seg_offsets[i + 1])
-            yield {"id": self.id[i], "kind": self.kind[i], "text": self.text[i],
-                   "segments": [{"start": self.seg_start[j], "end": self.seg_end[j], "label": self.seg_label[j],
-                                 "category": self.seg_category[j]} for j in segs],
-                   "meta": self.meta[i], "n_tokens": self.n_tokens[i]}
-
 
 def write_corpus(
     docs: Iterable[Document],
@@ -173,6 +164,36 @@ def write_corpus(
                       write_jsonl=write_jsonl, progress=progress)
 
 
+def tokenized(rows: Iterable[CorpusRow], tokenizer: Any, token_budget: int) -> Iterator[tuple[CorpusRow, list[int], int]]:
+    """(row, token ids, tokens with the eos the trainer appends) until `token_budget` tokens are
+    reached: the document that reaches it is the last."""
+    rows, encode, total = iter(rows), batch_encoder(tokenizer), 0
+    while total < token_budget:
+        batch = list(islice(rows, TOKENIZE_BATCH))
+        if not batch:
+            return
+        for row, ids in zip(batch, encode([r.text for r in batch])):
+            n = len(ids) + 1
+            yield row, ids, n
+            total += n
+            if total >= token_budget:
+                return
+
+
+class Phases:
+    """Where each phase of a scheduled strategy begins in the token stream; its phases must be contiguous."""
+
+    def __init__(self) -> None:
+        self.starts: dict[str, int] = {}
+
+    def add(self, phase: str | None, position: int) -> None:
+        if phase is None:
+            return
+        if phase in self.starts and list(self.starts)[-1] != phase:
+            raise DataError(f"phase {phase!r} documents are not contiguous in the stream")
+        self.starts.setdefault(phase, position)
+
+
 def write_rows(
     rows: Iterable[CorpusRow],
     tokenizer: Any,
@@ -186,59 +207,61 @@ def write_rows(
     progress: bool = True,
 ) -> dict[str, Any]:
     """write_corpus for rows made by `corpus_rows` with the same atomic facts."""
-    stats, shards, total_tokens, total_docs, phases = _Stats(), [], 0, 0, {}
+    stats, shards, total_tokens, total_docs, phases = _Stats(), [], 0, 0, Phases()
     shard = _ShardRows()
-    rows, encode = iter(rows), batch_encoder(tokenizer)
     with atomic_dir(out_dir) as tmp, tqdm(total=token_budget, unit="tok", unit_scale=True, desc="corpus",
                                           disable=not progress) as bar:
-        while total_tokens < token_budget:
-            batch = list(islice(rows, TOKENIZE_BATCH))
-            if not batch:
-                break
-            for row, ids in zip(batch, encode([r.text for r in batch])):
-                n = len(ids) + 1  # the eos the trainer appends
-                if (phase := row.phase) is not None:
-                    if phase in phases and list(phases)[-1] != phase:
-                        raise DataError(f"phase {phase!r} documents are not contiguous in the stream")
-                    phases.setdefault(phase, total_tokens)
-                shard.add(row, ids, n)
-                stats.add(row, n)
-                total_tokens += n
-                total_docs += 1
-                bar.update(n)
-                if len(shard) >= shard_documents:
-                    shards.append(_write_shard(shard, tmp, len(shards), write_jsonl))
-                    shard = _ShardRows()
-                if total_tokens >= token_budget:
-                    break
+        for row, ids, n in tokenized(rows, tokenizer, token_budget):
+            phases.add(row.phase, total_tokens)
+            shard.add(row, ids, n)
+            stats.add(row, n)
+            total_tokens += n
+            total_docs += 1
+            bar.update(n)
+            if len(shard) >= shard_documents:
+                shards.append(write_shard(shard.table(), tmp, len(shards), write_jsonl))
+                shard = _ShardRows()
         if shard:
-            shards.append(_write_shard(shard, tmp, len(shards), write_jsonl))
-        # a fact listed twice is one key, as it was when facts were counted by name
-        position = {tuple(f): i for i, f in enumerate(atomic_facts)}
-        coverage = [stats.facts[position[tuple(f)]] for f in atomic_facts]
-        manifest = {
-            **manifest_extra,
-            "documents": total_docs,
-            "tokens": total_tokens,
-            "token_budget": token_budget,
-            "per_kind": {k: dict(sorted(v.items())) for k, v in sorted(stats.per_kind.items())},
-            "fact_coverage": {"facts": len(coverage), "min_mentions": min(coverage, default=0),
-                              "facts_below_min": sum(c < manifest_extra.get("min_fact_mentions", 0) for c in coverage)},
-            "shards": shards,
-            **({"phases": phases} if phases else {}),
-            "corpus_hash": corpus_hash_of(shards),
-        }
+            shards.append(write_shard(shard.table(), tmp, len(shards), write_jsonl))
+        manifest = corpus_manifest(stats, shards, phases, total_docs, total_tokens, token_budget=token_budget,
+                                   manifest_extra=manifest_extra, atomic_facts=atomic_facts)
         write_json_atomic(tmp / "manifest.json", manifest)
     return manifest
 
 
-def _write_shard(rows: _ShardRows, folder: Path, index: int, write_jsonl: bool) -> dict[str, Any]:
+def corpus_manifest(stats: _Stats, shards: list[dict[str, Any]], phases: Phases, documents: int, tokens: int, *,
+                    token_budget: int, manifest_extra: dict[str, Any],
+                    atomic_facts: list[tuple[str, str, str]]) -> dict[str, Any]:
+    """The manifest of the shards written, with the counts and fact coverage of their rows."""
+    # a fact listed twice is one key, as it was when facts were counted by name
+    position = {tuple(f): i for i, f in enumerate(atomic_facts)}
+    coverage = [stats.facts[position[tuple(f)]] for f in atomic_facts]
+    return {
+        **manifest_extra,
+        "documents": documents,
+        "tokens": tokens,
+        "token_budget": token_budget,
+        "per_kind": {k: dict(sorted(v.items())) for k, v in sorted(stats.per_kind.items())},
+        "fact_coverage": {"facts": len(coverage), "min_mentions": min(coverage, default=0),
+                          "facts_below_min": sum(c < manifest_extra.get("min_fact_mentions", 0) for c in coverage)},
+        "shards": shards,
+        **({"phases": phases.starts} if phases.starts else {}),
+        "corpus_hash": corpus_hash_of(shards),
+    }
+
+
+def write_shard(table: pa.Table, folder: Path, index: int, write_jsonl: bool) -> dict[str, Any]:
+    """Shard `index` of the corpus from a table of SCHEMA (one chunk per column); its manifest entry."""
     name = f"shard-{index:05d}.parquet"
-    pq.write_table(rows.table(), folder / name, compression="zstd")
-    entry = {"file": name, "documents": len(rows), "tokens": int(sum(rows.n_tokens)),
+    pq.write_table(table, folder / name, compression="zstd")
+    n_tokens = table.column("n_tokens").to_pylist()
+    entry = {"file": name, "documents": table.num_rows, "tokens": int(sum(n_tokens)),
              "sha256": sha256_file(folder / name)}
     if write_jsonl:
+        columns = [table.column(c).to_pylist() for c in ("id", "kind", "text", "segments", "meta")]
         with open(folder / name.replace(".parquet", ".jsonl"), "w") as f:
-            for r in rows.jsonl_rows():
-                f.write(json.dumps(r) + "\n")
+            for (id_, kind, text, segments, meta), n in zip(zip(*columns), n_tokens):
+                # as Document.to_row writes a row, with n_tokens
+                row = {"id": id_, "kind": kind, "text": text, "segments": segments, "meta": meta, "n_tokens": n}
+                f.write(json.dumps(row) + "\n")
     return entry

@@ -80,7 +80,20 @@ class Strategy:
 @dataclass(frozen=True)
 class TokenBudget:
     """What a position-aware strategy knows of the corpus it is rendered into: the budget and how
-    the corpus writer counts a document's tokens (eos included)."""
+    the corpus writer counts a document's tokens (eos included).
+
+    A blocked corpus (`corpus.blocks`) streams each block through its own strategy; the block's
+    view says where in the whole corpus its stream begins (`offset`) and how many tokens it fills
+    (`quota`), so that a schedule by position (curriculum) reads global positions. The sequential
+    stream fills the whole budget from 0."""
 
     tokens: int
     count: Callable[[str], int]
+    offset: int = 0
+    quota: int | None = None  # None: tokens - offset
+
+    def until(self, position: float) -> float:
+        """Tokens this stream must fill to reach global `position`: from none (the position is
+        before the stream) to its quota (after it)."""
+        quota = self.tokens - self.offset if self.quota is None else self.quota
+        return min(max(position - self.offset, 0), quota)
