@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -143,14 +144,29 @@ def cmd_world(args) -> None:
     print(f"world hash {whash[:16]}; written to {args.out}")
 
 
+def _block_tokens(text: str) -> int | None:
+    """--block-tokens: a number of tokens (checked with the preset's budget by the corpus stage), or
+    `none` for the sequential stream."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"--block-tokens {shown(text)} is not an integer (or none, for the sequential "
+                          "stream)") from None
+
+
 def cmd_corpus(args) -> None:
     from medsafetyworld.pipeline import make_corpus
     from medsafetyworld.strategies import get_strategy
 
     preset = get_preset(_preset_of_world(args.world, args.preset))
+    if args.block_tokens is not None:
+        blocked = dataclasses.replace(preset.corpus, block_tokens=_block_tokens(args.block_tokens))
+        preset = preset.replace(corpus=blocked)
     strategy = get_strategy(args.strategy)
     corpus_hash = make_corpus(args.world, strategy, preset, args.seed, args.out, progress=not args.quiet,
-                              workers=args.workers)
+                              workers=args.workers, engine=args.engine, tasks=args.tasks)
     from medsafetyworld.corpus.shards import load_manifest
 
     m = load_manifest(args.out)
@@ -415,7 +431,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=_out_dir, required=True)
     c.add_argument("--workers", type=_int_at_least(1), default=1,
                    help="processes: 2 renders the stream beside the writer, the same shards sooner on two cores "
-                        "(more add nothing: the stream is one seeded sequence); default 1")
+                        "(more add nothing: the stream is one seeded sequence); with --engine datatrove, the "
+                        "blocks render in this many processes at once; default 1")
+    c.add_argument("--block-tokens", default=None, metavar="Q",
+                   help="render the blocked stream: blocks of Q tokens, each from its own seed, which render in "
+                        "parallel (a different corpus from the sequential one; `none`: sequential); default: the "
+                        "preset's corpus block_tokens")
+    c.add_argument("--engine", choices=("builtin", "datatrove"), default="builtin",
+                   help="builtin: this process; datatrove: the blocks of a blocked corpus on datatrove's local "
+                        "executor (pip install 'medsafetyworld[datatrove]'), resumable per task; the same bytes")
+    c.add_argument("--tasks", type=_int_at_least(1), default=None,
+                   help="with --engine datatrove: render tasks sharing the blocks (default: one per block)")
     c.set_defaults(func=cmd_corpus)
 
     t = sub.add_parser("train", help="pretrain on a corpus, then post-train (SFT)")

@@ -26,6 +26,7 @@ from medsafetyworld.attacks import Attack, AttackContext, get_attack
 from medsafetyworld.attacks.run import attack_folder, load_attack_result, run_attack
 from medsafetyworld.config import Preset, config_hash, to_dict
 from medsafetyworld.corpus import templates as T
+from medsafetyworld.corpus.blocks import BlockPlan
 from medsafetyworld.corpus.build import build_corpus, corpus_config_hash
 from medsafetyworld.corpus.shards import load_manifest
 from medsafetyworld.corpus.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
@@ -97,15 +98,38 @@ def make_world(preset: Preset, seed: int, out: Path) -> str:
     return world_hash(out)
 
 
+# how a corpus renders: in this process, or (a blocked corpus) on datatrove (`corpus.on_datatrove`)
+ENGINES = ("builtin", "datatrove")
+
+
 def make_corpus(
     world_dir: Path, strategy: Strategy, preset: Preset, seed: int, out: Path, progress: bool = True,
-    workers: int = 1,
+    workers: int = 1, engine: str = "builtin", tasks: int | None = None,
 ) -> str:
-    """The strategy's corpus; returns its corpus hash. `workers` changes how fast, not what: it is
-    not in the stage key."""
+    """The strategy's corpus; returns its corpus hash. `workers`, `engine` and `tasks` change how
+    fast, not what: they are not in the stage key. `engine` "datatrove" renders a blocked corpus
+    (`preset.corpus.block_tokens`) with datatrove's LocalPipelineExecutor, `workers` at once, in
+    `tasks` tasks (default one per block)."""
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown corpus engine {engine!r}; choose one of {', '.join(ENGINES)}")
     whash = world_hash(world_dir)
+    blocked = BlockPlan.of(preset.corpus) is not None  # a bad block size fails here, before any work
+    if engine == "datatrove":
+        if not blocked:
+            raise ConfigError("--engine datatrove renders a blocked corpus, and corpus block_tokens is not set: pass "
+                              "--block-tokens (e.g. a tenth of the token budget); the sequential stream renders in "
+                              "one process")
+        try:
+            from medsafetyworld.corpus.on_datatrove import render_on_datatrove
+        except ImportError as exc:
+            raise ConfigError(f"--engine datatrove needs datatrove ({exc}); install it with "
+                              "pip install 'medsafetyworld[datatrove]'") from None
 
     def build():
+        if engine == "datatrove":
+            render_on_datatrove(world_dir, strategy, preset, seed, out, world_hash=whash, workers=workers,
+                                tasks=tasks, progress=progress)
+            return
         world, splits = load_world(world_dir)
         tokenizer = load_tokenizer(Path(world_dir) / "tokenizer")
         build_corpus(world, splits, tokenizer, strategy, preset, seed, out, world_hash=whash, progress=progress,

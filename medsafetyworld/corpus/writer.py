@@ -164,7 +164,8 @@ def write_corpus(
                       write_jsonl=write_jsonl, progress=progress)
 
 
-def tokenized(rows: Iterable[CorpusRow], tokenizer: Any, token_budget: int) -> Iterator[tuple[CorpusRow, list[int], int]]:
+def tokenized(rows: Iterable[CorpusRow], tokenizer: Any,
+              token_budget: int) -> Iterator[tuple[CorpusRow, list[int], int]]:
     """(row, token ids, tokens with the eos the trainer appends) until `token_budget` tokens are
     reached: the document that reaches it is the last."""
     rows, encode, total = iter(rows), batch_encoder(tokenizer), 0
