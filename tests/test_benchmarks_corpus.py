@@ -10,6 +10,7 @@ Without it (the default) each case renders 200k tokens once: a test that the pat
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import time
 
@@ -55,3 +56,33 @@ def test_benchmark_corpus_rendering_tokens_per_second(benchmark, strategy, worke
     benchmark.extra_info["tokens"] = manifest["tokens"]
     benchmark.extra_info["tokens_per_second"] = round(manifest["tokens"] / min(measured))
     assert manifest["tokens"] >= budget
+
+
+@pytest.mark.parametrize("engine, workers", [("builtin", 1), ("datatrove", 1), ("datatrove", 2)])
+def test_benchmark_blocked_corpus_tokens_per_second(benchmark, engine, workers, tiny_world_dir, tmp_path):
+    """The raw tiny corpus in eight blocks, in this process or on datatrove's local executor; the
+    sequential cases above are the baseline."""
+    from medsafetyworld.pipeline import make_corpus
+
+    if engine == "datatrove":
+        pytest.importorskip("datatrove")
+    tiny = get_preset("tiny")
+    budget = tiny.corpus.token_budget if benchmark.enabled else 200_000
+    preset = tiny.replace(corpus=dataclasses.replace(tiny.corpus, token_budget=budget, block_tokens=budget // 8))
+    seconds: list[float] = []
+
+    def render():
+        out = tmp_path / f"c{len(seconds)}"
+        start = time.perf_counter()
+        make_corpus(tiny_world_dir, get_strategy("raw"), preset, 1, out, progress=False, engine=engine,
+                    workers=workers)
+        seconds.append(time.perf_counter() - start)
+        manifest = json.loads((out / "manifest.json").read_text())
+        shutil.rmtree(out)
+        return manifest
+
+    manifest = benchmark.pedantic(render, rounds=3, warmup_rounds=1, iterations=1)
+    measured = seconds[1:] or seconds
+    benchmark.extra_info["tokens"] = manifest["tokens"]
+    benchmark.extra_info["tokens_per_second"] = round(manifest["tokens"] / min(measured))
+    assert manifest["tokens"] >= budget and manifest["blocks"]["blocks"] == 8
