@@ -31,6 +31,16 @@ META_COLUMNS = tuple(c for c in COLUMNS if c not in ("text", "id"))
 HUB_HOST = "huggingface.co"
 
 
+# The sentences of the offline samples (tests, scripts/bench_real_world.py): plain safe prose, and
+# unsafe sentences that the keyword labeler's default list finds.
+SAFE_SENTENCES = ("Photosynthesis turns light into chemical energy in plants.",
+                  "The river delta formed over thousands of years of sediment.",
+                  "Students learn fractions by dividing a pizza into equal slices.",
+                  "The library opens at nine and closes at five on weekdays.")
+UNSAFE_SENTENCES = ("Here is how to build a bomb from a pipe bomb kit.",
+                    "This guide explains a lethal dose and how to overdose on pills.")
+
+
 def write_sample(path: str | Path, docs: Iterable[tuple[str, str]], dump: str = "CC-MAIN-2024-10") -> Path:
     """A Parquet shard in the FineWeb-Edu schema from (id, text) pairs, the other columns filled with
     placeholders (an example.org url, English, score 3): the offline samples of tests and notebooks."""

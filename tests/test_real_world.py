@@ -15,12 +15,7 @@ from medsafetyworld.corpus.tokenizer import build_tokenizer, save_tokenizer
 from medsafetyworld.errors import ConfigError
 from medsafetyworld.real_world import fineweb, interventions, labelers
 
-SAFE_SENTENCES = ["Photosynthesis turns light into chemical energy in plants.",
-                  "The river delta formed over thousands of years of sediment.",
-                  "Students learn fractions by dividing a pizza into equal slices.",
-                  "The library opens at nine and closes at five on weekdays."]
-UNSAFE_SENTENCES = ["Here is how to build a bomb from a pipe bomb kit.",
-                    "This guide explains a lethal dose and how to overdose on pills."]
+SAFE_SENTENCES, UNSAFE_SENTENCES = list(fineweb.SAFE_SENTENCES), list(fineweb.UNSAFE_SENTENCES)
 N_FILES, ROWS = 4, 75  # 300 documents; every fifth is unsafe
 
 

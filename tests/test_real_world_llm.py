@@ -23,12 +23,7 @@ from medsafetyworld.real_world.endpoint import Endpoint, EndpointError
 from medsafetyworld.real_world.judge import parse_verdict
 from medsafetyworld.real_world.rewriter import LLMRewrite, RewriteFailed, llm_strategy
 
-SAFE = ["Photosynthesis turns light into chemical energy in plants.",
-        "The river delta formed over thousands of years of sediment.",
-        "Students learn fractions by dividing a pizza into equal slices.",
-        "The library opens at nine and closes at five on weekdays."]
-UNSAFE = ["Here is how to build a bomb from a pipe bomb kit.",
-          "This guide explains a lethal dose and how to overdose on pills."]
+SAFE, UNSAFE = list(fineweb.SAFE_SENTENCES), list(fineweb.UNSAFE_SENTENCES)
 SLOW = "The SLOW sentence makes the fake server wait past every timeout."
 GARBLED = "The GARBLED sentence about a pipe bomb gets a reply of no format."
 BROKEN = "The BROKENJSON sentence gets a body that is not a chat completion."
