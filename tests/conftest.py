@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 
 from medsafetyworld.config import get_preset
@@ -113,3 +118,53 @@ def attack_context():
         return AttackContext(world, splits, preset, policy, 0, folder, model_dir=model_dir, seed=0, progress=False)
 
     return make
+
+
+# --- a fake OpenAI-compatible chat endpoint for the real-web track's judge and rewriter --------------
+
+class _ChatHandler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), **payload})
+        reply = self.server.reply(payload)
+        body = reply if isinstance(reply, bytes) else json.dumps({
+            "id": "x", "object": "chat.completion", "model": payload["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+        }).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class _ChatServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # a client that timed out (or was killed) has hung up on its reply
+
+
+@contextmanager
+def _serve_chat(reply):
+    server = _ChatServer(("127.0.0.1", 0), _ChatHandler)
+    server.reply, server.requests = reply, []
+    server.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="session")
+def serve_chat():
+    """`with serve_chat(reply) as server:` a chat-completions endpoint on 127.0.0.1 at `server.url`.
+    `reply(payload)` gives the assistant's content (str), wrapped in a chat completion, or a raw body
+    (bytes); it runs in the request's thread, so it may wait. `server.requests` lists every request
+    (its payload with `path` and `auth`)."""
+    return _serve_chat

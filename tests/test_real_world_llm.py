@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import pickle
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -44,64 +42,32 @@ def doc(i: int, n: int = 12, unsafe: bool = False, extra: str | None = None) -> 
 STYLE_OF = {s.instruction: s.name for styles in prompts.REWRITE_STYLES.values() for s in styles}
 
 
-def fake_reply(payload: dict) -> tuple[float, bytes]:
-    """(seconds to wait, body) for one request: a judge verdict or a rewrite, unless the text asks
-    for a slow, garbled or broken reply."""
+def fake_reply(payload: dict) -> str | bytes:
+    """A judge verdict or a rewrite, unless the text asks for a slow, garbled or broken reply."""
     system, user = payload["messages"][0]["content"], payload["messages"][-1]["content"]
     if "BROKENJSON" in user:
-        return 0, b"<html>502 bad gateway</html>"
+        return b"<html>502 bad gateway</html>"
     if "SLOW" in user:
-        return 3.0, b""
+        time.sleep(6.0)  # past the 2 s timeout, with room for a loaded machine's slow replies
+        return b""
     if "GARBLED" in user or ("NOREWRITE" in user and system != prompts.JUDGE_SYSTEM):
-        content = "I would rather not say."
-    elif system == prompts.JUDGE_SYSTEM:
+        return "I would rather not say."
+    if system == prompts.JUDGE_SYSTEM:
         score, category = (5, "weapons") if "bomb" in user else (4, "drugs") if "lethal dose" in user else (0, "other")
-        content = f'```json\n{{"score": {score}, "category": "{category}"}}\n```'
-    else:
-        style = next(name for text, name in STYLE_OF.items() if text in user)
-        content = f"<rewrite>A {style} lesson on why this would hurt people.</rewrite>"
-    body = {"id": "x", "object": "chat.completion", "model": payload["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}
-    return 0, json.dumps(body).encode()
-
-
-class FakeHandler(BaseHTTPRequestHandler):
-    def do_POST(self):
-        payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), **payload})
-        wait, body = fake_reply(payload)
-        time.sleep(wait)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-class FakeServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        pass  # a client that timed out has hung up on a slow reply
+        return f'```json\n{{"score": {score}, "category": "{category}"}}\n```'
+    style = next(name for text, name in STYLE_OF.items() if text in user)
+    return f"<rewrite>A {style} lesson on why this would hurt people.</rewrite>"
 
 
 @pytest.fixture(scope="module")
-def server():
-    srv = FakeServer(("127.0.0.1", 0), FakeHandler)
-    srv.requests = []
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+def server(serve_chat):
+    with serve_chat(fake_reply) as srv:
+        yield srv
 
 
 @pytest.fixture
 def endpoint(server):
-    return Endpoint(f"http://127.0.0.1:{server.server_address[1]}/v1", "fake-judge", timeout=1.0)
+    return Endpoint(server.url, "fake-judge", timeout=2.0)
 
 
 def judge(endpoint, **kw):
@@ -390,7 +356,7 @@ def test_judge_and_rewriter_run_through_the_pipeline_from_the_cli(fineweb_dir, e
     out = tmp_path / "out"
     argv = ["real-world", "run", "--input", str(fineweb_dir), "--out", str(out), "--tokenizer", str(tok),
             "--labeler", "llm_judge", "--strategy", "moral", "--endpoint", endpoint.base_url, "--model-name", "fake",
-            "--timeout", "1", "--tasks", "2", "--workers", "2"]
+            "--timeout", "2", "--tasks", "2", "--workers", "2"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     manifest = json.loads((out / "corpus" / "manifest.json").read_text())

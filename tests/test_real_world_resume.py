@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -80,53 +79,31 @@ def fingerprint(path: Path) -> tuple[int, int, str]:
 
 # --- a run killed with SIGKILL ---------------------------------------------------------------------------
 
-class GatedJudge(BaseHTTPRequestHandler):
-    """An OpenAI-compatible judge: 5 (weapons) for a segment about a bomb, else 0; a segment holding
-    HOLD waits until the test sets `server.gate`."""
+@pytest.fixture
+def judge_server(serve_chat):
+    """A judge: 5 (weapons) for a segment about a bomb, else 0; a segment holding HOLD waits until the
+    test sets `judge_server.gate` (`judge_server.held` counts the held requests)."""
+    gate, held = threading.Event(), []
 
-    def do_POST(self):
-        payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    def reply(payload):
         user = payload["messages"][-1]["content"]
         assert payload["messages"][0]["content"] == prompts.JUDGE_SYSTEM
-        if "HOLD" in user and not self.server.gate.is_set():
-            self.server.held += 1
-            self.server.gate.wait(120)
-        verdict = '{"score": 5, "category": "weapons"}' if "bomb" in user else '{"score": 0, "category": "other"}'
-        body = json.dumps({"id": "x", "object": "chat.completion", "model": payload["model"], "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": verdict}, "finish_reason": "stop"}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        if "HOLD" in user and not gate.is_set():
+            held.append(user)
+            gate.wait(120)
+        return '{"score": 5, "category": "weapons"}' if "bomb" in user else '{"score": 0, "category": "other"}'
 
-    def log_message(self, *args):
-        pass
-
-
-class JudgeServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        pass  # the killed run hung up on its held requests
-
-
-@pytest.fixture
-def judge_server():
-    srv = JudgeServer(("127.0.0.1", 0), GatedJudge)
-    srv.gate, srv.held = threading.Event(), 0
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv
-    srv.gate.set()
-    srv.shutdown()
-    srv.server_close()
+    with serve_chat(reply) as srv:
+        srv.gate, srv.held = gate, held
+        yield srv
+        gate.set()  # the killed run hung up on its held requests: let their threads finish
 
 
 def test_a_killed_run_resumes_without_redoing_finished_tasks(fineweb_dir, tokenizer_dir, judge_server, tmp_path):
     """One worker runs tasks 0, 1, 2 in turn; the run is killed (SIGKILL, its whole process group)
     once task 0 is marked done and task 1 waits on the judge. The same command then runs tasks 1 and
     2 only, and the corpus equals that of a run never killed: every kept document exactly once."""
-    endpoint = f"http://127.0.0.1:{judge_server.server_address[1]}/v1"
+    endpoint = judge_server.url
 
     def command(out):
         return [sys.executable, "-m", "medsafetyworld.cli", *run_args(
