@@ -72,3 +72,21 @@ def test_evaluate_and_attack_name_every_reference_policy_in_their_help(capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
     assert "--pretrained" in capsys.readouterr().out
+
+
+def test_shell_msw_returns_the_report_and_shows_its_last_line(capsys, tmp_path):
+    from medsafetyworld.shell import msw
+
+    report = msw("world", "--preset", "micro", "--seed", 3, "--out", tmp_path / "w")
+    assert report.startswith("world seed 3\n") and (tmp_path / "w" / "world.json").is_file()
+    assert capsys.readouterr().out.strip() == f"world hash {report.split('world hash ')[1].strip()}"
+
+
+def test_shell_msw_failure_shows_its_error_and_names_the_command(capsys, tmp_path):
+    from medsafetyworld.shell import msw
+
+    with pytest.raises(RuntimeError, match=r"msw summarize .*nowhere failed \(exit 2\)"):
+        msw("summarize", tmp_path / "nowhere")
+    assert "msw: error:" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="needs a subcommand"):
+        msw()
