@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 
-def msw(*args: object, quiet: bool = True) -> str:
-    """Run `msw ARGS` with this interpreter and return what it printed.
+def msw(*args: object, quiet: bool = True) -> None:
+    """Run `msw ARGS` with this interpreter (it returns nothing, so a notebook cell ending in it
+    shows only the line below).
 
     Finished stages are cached in the run folder, so calling it again is fast. What it reports (for
     `msw run`, the whole summary) is cut to its last line on screen, after any warning it gave; on
@@ -28,4 +29,3 @@ def msw(*args: object, quiet: bool = True) -> str:
         print(said)
     lines = done.stdout.strip().splitlines()
     print(lines[-1] if lines else f"msw {argv[0]}: done")
-    return done.stdout
