@@ -271,9 +271,11 @@ def _evaluate(args):
     if extra:
         fields["extra"] = extra
     weights = sorted(Path(args.model).glob("*.safetensors")) if kind == "model" else []
-    # greedy keeps its old key, so earlier evaluations stay up to date; SafeBeam gets its own
-    decoding = [] if args.decoding == "greedy" else [extra["decoding"]]
-    key = config_hash("evaluate", name, [sha256_file(w) for w in weights], *decoding)
+    decoding = [] if args.decoding == "greedy" else [extra["decoding"]]  # SafeBeam gets a key of its own
+    # A model is its weights (and the --name its record carries), not the path it was typed as: `m`,
+    # `./m` and `/abs/m` share one evaluation. A reference policy is its name.
+    identity = name if kind == "reference" else ["model", args.name]
+    key = config_hash("evaluate", identity, [sha256_file(w) for w in weights], *decoding)
     if kind == "reference":
         if args.pretrained is not None:
             raise ConfigError(f"--pretrained needs a model folder; the reference policy {args.model} has no training")

@@ -4,6 +4,7 @@ half of the candidates most likely to be followed by the tag `<potentially unsaf
 from __future__ import annotations
 
 import math
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -306,6 +307,25 @@ def test_cli_records_the_decoding_and_keys_safebeam_apart(model_dir, micro_world
     assert beam["extra"]["decoding"] == {"method": "safebeam", "num_beams": 3, "tag": UNSAFE_TAG, "emits_tag": False}
     assert beam["strategy"] == f"{model_dir}+safebeam3" and greedy["strategy"] == str(model_dir)
     assert beam_key != greedy_key
+
+
+def test_cli_keys_a_model_by_its_weights_not_the_path_typed(model_dir, micro_world_dir, tmp_path, monkeypatch):
+    import medsafetyworld.pipeline as pipeline
+    from medsafetyworld.cli import main
+
+    keys, out = [], tmp_path / "out"
+    monkeypatch.setattr(pipeline, "evaluate_policy", lambda *a, key, **k: keys.append(key) or {"metrics": {}})
+    monkeypatch.chdir(model_dir.parent)
+    for spelling in (str(model_dir), model_dir.name, f"./{model_dir.name}", f"{model_dir.name}/"):
+        assert main(["-q", "evaluate", spelling, "--world", str(micro_world_dir), "--out", str(out)]) == 0
+    assert len(set(keys)) == 1
+    assert main(["-q", "evaluate", model_dir.name, "--world", str(micro_world_dir), "--out", str(out),
+                 "--name", "mine"]) == 0  # another name is another record
+    other = model_dir.parent / f"{model_dir.name}-changed"
+    shutil.copytree(model_dir, other)
+    (other / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes()[:-4] + b"\0\0\0\0")
+    assert main(["-q", "evaluate", str(other), "--world", str(micro_world_dir), "--out", str(out)]) == 0
+    assert len(set(keys)) == 3 and keys[-2] != keys[-1] != keys[0]
 
 
 def test_cli_refuses_safebeam_for_a_reference_policy(micro_world_dir, tmp_path, capsys):
