@@ -14,9 +14,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from medsafetyworld.config import get_preset
+from medsafetyworld.pipeline import make_world
 from medsafetyworld.real_world.fineweb import SAFE_SENTENCES as SAFE, UNSAFE_SENTENCES as UNSAFE, write_sample
 from medsafetyworld.real_world.labelers import get_labeler
 from medsafetyworld.real_world.pipeline import run_real_world
+
 
 def document(i: int, words: int) -> str:
     sentences = [SAFE[(i + k) % len(SAFE)] for k in range(max(1, words // 9))]
@@ -37,10 +40,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     world = args.world
     if world is None:
-        from medsafetyworld.cli import main as msw
-
-        msw(["-q", "world", "--preset", "micro", "--seed", "0", "--out", str(tmp / "world")])
         world = tmp / "world"
+        make_world(get_preset("micro"), 0, world)
     (tmp / "in").mkdir()
     n = 0
     for f in range(args.files):

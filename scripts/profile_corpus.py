@@ -18,8 +18,9 @@ from pathlib import Path
 
 from medsafetyworld.config import get_preset
 from medsafetyworld.corpus.build import build_corpus
-from medsafetyworld.strategies import get_strategy
 from medsafetyworld.corpus.tokenizer import load_tokenizer
+from medsafetyworld.pipeline import make_world
+from medsafetyworld.strategies import get_strategy
 from medsafetyworld.world.io import load_world
 
 
@@ -37,10 +38,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     world_dir = args.world
     if world_dir is None:
-        from medsafetyworld.cli import main as msw
-
-        msw(["-q", "world", "--preset", "tiny", "--seed", "0", "--out", str(tmp / "world")])
         world_dir = tmp / "world"
+        make_world(preset, 0, world_dir)
     world, splits = load_world(world_dir)
     tokenizer, strategy = load_tokenizer(world_dir / "tokenizer"), get_strategy(args.strategy)
 

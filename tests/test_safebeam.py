@@ -321,7 +321,7 @@ def test_cli_keys_a_model_by_its_weights_not_the_path_typed(model_dir, micro_wor
     assert len(set(keys)) == 1
     assert main(["-q", "evaluate", model_dir.name, "--world", str(micro_world_dir), "--out", str(out),
                  "--name", "mine"]) == 0  # another name is another record
-    other = model_dir.parent / f"{model_dir.name}-changed"
+    other = tmp_path / "changed"  # beside --out, not inside it
     shutil.copytree(model_dir, other)
     (other / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes()[:-4] + b"\0\0\0\0")
     assert main(["-q", "evaluate", str(other), "--world", str(micro_world_dir), "--out", str(out)]) == 0
